@@ -1,0 +1,5 @@
+import sys
+
+from multissl.cli import main
+
+sys.exit(main())

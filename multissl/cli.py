@@ -1,0 +1,121 @@
+"""The ``multissl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+
+
+def _pretrain(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.config import load_recipe
+    from multissl.train import pretrain
+
+    recipe = load_recipe(args.recipe, rest)
+    run_dir = pretrain(recipe, resume=args.resume, overwrite=args.overwrite)
+    print(f"run saved in {run_dir}")
+
+
+def _export(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.export.hf import export
+
+    out = export(args.run_dir, args.out_dir, which=args.which, arch=args.arch, overwrite=args.overwrite)
+    print(f"exported {args.which} to {out}")
+
+
+def _push(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.export.hub import push
+
+    url = push(args.model_dir, args.repo_id, token=args.token, private=args.private, endpoint=args.endpoint)
+    print(f"pushed to {url}")
+
+
+def _probe(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.probe import format_table, probe
+
+    results = probe(args.model_dir, args.data, label_column=args.label_column, input_column=args.input_column,
+                    test_size=args.test_size, seed=args.seed, max_samples=args.max_samples)
+    print(format_table(results))
+
+
+def _tokenizer(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(args.files, args.out, kind=args.kind, vocab_size=args.vocab_size,
+                          min_frequency=args.min_frequency, overwrite=args.overwrite)
+    print(f"{args.kind} tokenizer with {len(tok)} tokens saved in {args.out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="multissl", description="Self-supervised pretraining for text, speech, vision.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("pretrain", help="pretrain an encoder from a recipe; any --key value overrides it")
+    s.add_argument("recipe")
+    s.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    s.set_defaults(func=_pretrain, extra=True)
+
+    s = sub.add_parser("export", help="write a run's encoder as a Hugging Face model folder")
+    s.add_argument("run_dir")
+    s.add_argument("out_dir")
+    s.add_argument("--which", choices=["student", "teacher"], default="student")
+    s.add_argument("--arch", default=None, help="HF class family, e.g. data2vec-text (default) or roberta")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_export)
+
+    s = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
+    s.add_argument("model_dir")
+    s.add_argument("repo_id")
+    s.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    s.add_argument("--private", action="store_true")
+    s.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
+    s.set_defaults(func=_push)
+
+    s = sub.add_parser("probe", help="logistic-regression probe of frozen features vs random init")
+    s.add_argument("model_dir")
+    s.add_argument("--data", required=True, help="labelled JSON lines / CSV / parquet file")
+    s.add_argument("--label-column", required=True)
+    s.add_argument("--input-column", default="text")
+    s.add_argument("--test-size", type=float, default=0.25)
+    s.add_argument("--max-samples", type=int, default=0, help="use at most this many rows (0: all)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_probe)
+
+    s = sub.add_parser("tokenizer", help="tokenizer tools")
+    tsub = s.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train", help="train a BPE, WordPiece or Unigram tokenizer on text files")
+    t.add_argument("--files", nargs="+", required=True)
+    t.add_argument("--kind", choices=["bpe", "wordpiece", "unigram"], default="bpe")
+    t.add_argument("--vocab-size", type=int, default=32000)
+    t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=_tokenizer)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if rest and not getattr(args, "extra", False):
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    from multissl.train import CollapseError
+
+    try:
+        args.func(args, rest)
+    except CollapseError as e:
+        print(f"multissl: stopped: {e}", file=sys.stderr)
+        return 3
+    except USAGE_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"multissl: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

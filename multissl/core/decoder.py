@@ -1,0 +1,83 @@
+"""What turns student outputs into predictions of the targets: the v1 regression head and the
+v2 light convolutional decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def projection(dim_in: int, dim_out: int, layers: int = 1, ratio: float = 2.0) -> nn.Module:
+    """A Linear, or Linear -> GELU -> Linear with a hidden size of ``ratio * dim_in``.
+
+    >>> projection(4, 4, layers=2)[0].out_features
+    8
+    """
+    if layers == 1:
+        return nn.Linear(dim_in, dim_out)
+    hidden = int(dim_in * ratio)
+    return nn.Sequential(nn.Linear(dim_in, hidden), nn.GELU(), nn.Linear(hidden, dim_out))
+
+
+@dataclass
+class DecoderConfig:
+    """The data2vec 2.0 convolutional decoder."""
+
+    layers: int = 5
+    """Number of conv layers."""
+
+    kernel: int = 9
+    """Conv kernel size (odd)."""
+
+    dim: int = 768
+    """Channels of the conv layers."""
+
+    groups: int = 1
+    """Conv groups."""
+
+    residual: bool = False
+    """Residual around each conv layer whose input and output sizes match."""
+
+    projection_layers: int = 2
+    """1: Linear(dim, D); 2: Linear(dim, 2*dim) -> GELU -> Linear(2*dim, D)."""
+
+    input_dropout: float = 0.1
+    """Dropout on the encoder output before the decoder."""
+
+    def validate(self, where: str = "method.decoder") -> None:
+        if self.kernel % 2 == 0:
+            raise ValueError(f"{where}.kernel must be odd, got {self.kernel}")
+        if self.dim % self.groups:
+            raise ValueError(f"{where}.dim ({self.dim}) must be divisible by {where}.groups ({self.groups})")
+
+
+class Decoder1d(nn.Module):
+    """Conv1d -> LayerNorm (no affine) -> GELU layers over time, then a projection to the target size.
+
+    >>> Decoder1d(DecoderConfig(layers=2, dim=8, kernel=3), 16)(torch.randn(2, 5, 16)).shape
+    torch.Size([2, 5, 16])
+    """
+
+    def __init__(self, cfg: DecoderConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.dropout = nn.Dropout(cfg.input_dropout)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(embed_dim if i == 0 else cfg.dim, cfg.dim, cfg.kernel, padding=cfg.kernel // 2,
+                      groups=cfg.groups)
+            for i in range(cfg.layers)
+        )
+        self.proj = projection(cfg.dim, embed_dim, cfg.projection_layers)
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.dropout(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = x.transpose(1, 2)
+        for conv in self.convs:
+            h = F.gelu(F.layer_norm(conv(x).transpose(1, 2), (conv.out_channels,)).transpose(1, 2))
+            x = x + h if self.cfg.residual and h.shape == x.shape else h
+        return self.proj(x.transpose(1, 2))

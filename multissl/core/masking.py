@@ -1,0 +1,199 @@
+"""Mask generators. They run in the collator (DataLoader workers) on numpy, one sample at a time,
+with a generator the caller seeds, so masks are reproducible whatever the worker or resume point.
+
+Every generator returns a boolean array where True means "masked" (hidden from the student and
+regressed). The statistics each one must meet are the data2vec reference ones (see tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+MaskKind = Literal["random", "span", "block", "inverse_block", "bert", "none"]
+
+
+@dataclass
+class MaskConfig:
+    """How the student's input is masked."""
+
+    kind: MaskKind = "random"
+    """random: exact-ratio random tokens (data2vec 2.0 text); span: wav2vec2 spans (v1 audio/text);
+    block / inverse_block: exact-ratio 1-D or 2-D blocks (data2vec 2.0 audio / vision);
+    bert: BERT 80/10/10 token masking (v1 text); none: nothing masked."""
+
+    prob: float = 0.48
+    """Masking probability: the exact masked fraction (random, block, inverse_block), the span-start
+    rate times span length (span), or the selected fraction (bert)."""
+
+    length: int = 1
+    """Span length (span), or block width in tokens (block: 1-D length, 2-D side)."""
+
+    adjust: float = 0.0
+    """Extra probability of block centres before the exact-ratio correction (data2vec 2.0 mask_prob_adjust)."""
+
+    min_masks: int = 1
+    """Minimum number of spans per sample (span)."""
+
+    bert_mask: float = 0.8
+    """Of the selected tokens, the fraction replaced by the mask token (bert)."""
+
+    bert_random: float = 0.1
+    """Of the selected tokens, the fraction replaced by a random token (bert). The rest stay unchanged."""
+
+    def validate(self, where: str = "mask") -> None:
+        if not 0.0 <= self.prob < 1.0:
+            raise ValueError(f"{where}.prob must be in [0, 1), got {self.prob}")
+        if self.length < 1:
+            raise ValueError(f"{where}.length must be >= 1, got {self.length}")
+        if self.bert_mask + self.bert_random > 1.0 or min(self.bert_mask, self.bert_random) < 0:
+            raise ValueError(f"{where}.bert_mask + {where}.bert_random must lie in [0, 1]")
+
+
+def random_mask(length: int, prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Exactly ``length - int(length * (1 - prob))`` positions masked, uniformly at random (MAE rule).
+
+    >>> random_mask(10, 0.5, np.random.default_rng(0)).sum()
+    np.int64(5)
+    """
+    n_keep = int(length * (1.0 - prob))
+    mask = np.ones(length, dtype=bool)
+    mask[rng.permutation(length)[:n_keep]] = False
+    return mask
+
+
+def span_mask(
+    length: int, prob: float, span: int, rng: np.random.Generator, min_masks: int = 1
+) -> np.ndarray:
+    """wav2vec2 span masking: ``int(prob * length / span + U)`` distinct starts, each masking ``span``
+    positions; overlapping spans merge, so p=0.65, span 10 masks about 49% of positions.
+
+    >>> span_mask(100, 0.65, 10, np.random.default_rng(0)).mean() > 0.3
+    np.True_
+    """
+    mask = np.zeros(length, dtype=bool)
+    if length == 0:
+        return mask
+    span = min(span, length)
+    n = max(min_masks, int(prob * length / span + rng.random()))
+    room = length - span + 1
+    n = min(n, room)
+    if n <= 0:
+        return mask
+    starts = rng.choice(room, n, replace=False)
+    idx = (starts[:, None] + np.arange(span)[None, :]).ravel()
+    mask[idx] = True
+    return mask
+
+
+def _exact(mask: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
+    """Add or remove random positions until exactly ``target`` are True."""
+    flat = mask.reshape(-1).copy()
+    n = int(flat.sum())
+    if n > target:
+        on = np.flatnonzero(flat)
+        flat[rng.choice(on, n - target, replace=False)] = False
+    elif n < target:
+        off = np.flatnonzero(~flat)
+        flat[rng.choice(off, target - n, replace=False)] = True
+    return flat.reshape(mask.shape)
+
+
+def block_mask(
+    shape: tuple[int, ...],
+    prob: float,
+    width: int,
+    rng: np.random.Generator,
+    adjust: float = 0.0,
+    inverse: bool = False,
+) -> np.ndarray:
+    """data2vec 2.0 block masking over a 1-D sequence or a 2-D grid, with an exact ratio.
+
+    Block centres are drawn with replacement, ``int(numel * (p + adjust) / width**ndim)`` of them, each
+    expanded to a block of ``width`` per dimension (clamped at the edges); then positions are added or
+    removed at random until exactly ``int(numel * p)`` are in blocks. With ``inverse`` the blocks are the
+    *kept* part: ``p`` becomes ``1 - prob`` and the result is inverted, so ``prob`` stays the masked share.
+
+    >>> m = block_mask((14, 14), 0.8, 3, np.random.default_rng(0), adjust=0.07, inverse=True)
+    >>> int(m.sum())
+    157
+    """
+    numel = int(np.prod(shape))
+    p = 1.0 - prob if inverse else prob
+    grid = np.zeros(shape, dtype=bool)
+    if numel == 0:
+        return grid
+    n_centres = int(numel * (p + adjust) / width ** len(shape))
+    if n_centres > 0:
+        centres = [rng.integers(0, s, n_centres) for s in shape]
+        lo = width // 2
+        for offs in np.ndindex(*([width] * len(shape))):
+            idx = tuple(np.clip(c + o - lo, 0, s - 1) for c, o, s in zip(centres, offs, shape, strict=True))
+            grid[idx] = True
+    grid = _exact(grid, int(numel * p), rng)
+    return ~grid if inverse else grid
+
+
+BERT_NONE, BERT_MASK, BERT_RANDOM, BERT_KEEP = 0, 1, 2, 3
+
+
+def bert_mask(
+    length: int, prob: float, rng: np.random.Generator, p_mask: float = 0.8, p_random: float = 0.1
+) -> np.ndarray:
+    """BERT token selection: ``int(prob * length + U)`` positions selected; of those, ``p_mask`` become
+    the mask token, ``p_random`` a random token, the rest stay. Returns codes
+    (``BERT_NONE``, ``BERT_MASK``, ``BERT_RANDOM``, ``BERT_KEEP``) as int8.
+
+    >>> codes = bert_mask(1000, 0.15, np.random.default_rng(0))
+    >>> int((codes != BERT_NONE).sum()) in (150, 151)
+    True
+    """
+    codes = np.zeros(length, dtype=np.int8)
+    n = min(length, int(prob * length + rng.random()))
+    if n == 0:
+        return codes
+    chosen = rng.choice(length, n, replace=False)
+    u = rng.random(n)
+    codes[chosen] = np.where(u < p_mask, BERT_MASK, np.where(u < p_mask + p_random, BERT_RANDOM, BERT_KEEP))
+    return codes
+
+
+def sample_mask(cfg: MaskConfig, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """One mask of ``shape`` ((T,) for sequences, (H, W) for grids) as the config says.
+
+    For ``bert`` this returns the positions replaced by the mask token (those regressed); use
+    :func:`bert_mask` for the full 80/10/10 codes.
+
+    >>> sample_mask(MaskConfig(kind="block", prob=0.5, length=5, adjust=0.05), (50,),
+    ...             np.random.default_rng(0)).sum()
+    np.int64(25)
+    """
+    if cfg.kind == "none":
+        return np.zeros(shape, dtype=bool)
+    if cfg.kind == "block":
+        return block_mask(shape, cfg.prob, cfg.length, rng, cfg.adjust)
+    if cfg.kind == "inverse_block":
+        return block_mask(shape, cfg.prob, cfg.length, rng, cfg.adjust, inverse=True)
+    numel = int(np.prod(shape))
+    if cfg.kind == "random":
+        flat = random_mask(numel, cfg.prob, rng)
+    elif cfg.kind == "span":
+        flat = span_mask(numel, cfg.prob, cfg.length, rng, cfg.min_masks)
+    elif cfg.kind == "bert":
+        flat = bert_mask(numel, cfg.prob, rng, cfg.bert_mask, cfg.bert_random) == BERT_MASK
+    else:
+        raise ValueError(f"mask.kind: unknown kind {cfg.kind!r}")
+    return flat.reshape(shape)
+
+
+def multi_mask(
+    cfg: MaskConfig, shape: tuple[int, ...], clones: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``clones`` independent masks for one sample, stacked: shape ``(clones, *shape)``.
+
+    >>> multi_mask(MaskConfig(kind="random", prob=0.5), (8,), 3, np.random.default_rng(0)).shape
+    (3, 8)
+    """
+    return np.stack([sample_mask(cfg, shape, rng) for _ in range(clones)])

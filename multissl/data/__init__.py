@@ -1,0 +1,1 @@
+"""Data loading, preprocessing and mask-making collators, per modality."""

@@ -1,0 +1,160 @@
+"""Text data: files through ``datasets`` (text, JSON lines, parquet; loaded or streamed), tokenised and
+packed into blocks, and the collator that makes the masks."""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from multissl.config import DataConfig, RecipeError
+from multissl.core.masking import BERT_MASK, BERT_RANDOM, MaskConfig, bert_mask, sample_mask
+from multissl.data.seeds import SeededDataset, SeededIterable, example_rng
+from multissl.modalities.text import TextConfig
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def resolve_files(spec: str, fmt: str = "auto") -> tuple[str, list[str]]:
+    """The ``datasets`` builder and the sorted files for a comma-separated list of files, folders
+    (recursive) and globs."""
+    if not spec:
+        raise RecipeError("data.path is empty: pass --data FILE_OR_FOLDER")
+    files: list[str] = []
+    for part in filter(None, (s.strip() for s in spec.split(","))):
+        p = Path(part)
+        if p.is_dir():
+            files += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            hits = sorted(glob.glob(part, recursive=True))
+            if not hits:
+                raise RecipeError(f"data.path: {part}: no such file, folder or glob match")
+            files += hits
+    if not files:
+        raise RecipeError(f"data.path: {spec}: no {', '.join(SUFFIXES)} files found")
+    kinds = {SUFFIXES.get(Path(f).suffix, "text") for f in files} if fmt == "auto" else {fmt}
+    if len(kinds) > 1:
+        raise RecipeError(f"data.path: {spec}: mixes formats {sorted(kinds)}; set data.format or split them")
+    return kinds.pop(), files
+
+
+def load_corpus(cfg: DataConfig):
+    """A ``datasets`` Dataset (or IterableDataset when streaming) with one ``text`` column."""
+    import datasets
+
+    builder, files = resolve_files(cfg.path, cfg.format)
+    kwargs: dict[str, Any] = {"encoding_errors": "replace"} if builder == "text" else {}
+    try:
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+    except Exception as e:  # datasets wraps parse errors in several types
+        raise RecipeError(f"data.path: could not read {', '.join(files[:3])}: {str(e).splitlines()[0]}") from None
+    columns = ds.column_names if ds.column_names is not None else list(ds.features or {})
+    if builder != "text":
+        if cfg.text_column not in columns:
+            raise RecipeError(f"data.text_column: no column {cfg.text_column!r} in {files[0]} (columns: {columns})")
+        ds = ds.select_columns([cfg.text_column])
+        if cfg.text_column != "text":
+            ds = ds.rename_column(cfg.text_column, "text")
+    return ds
+
+
+def pack_blocks(ds, tokenizer, text: TextConfig, stats: dict[str, int] | None = None):
+    """Tokenise documents (rows) and pack them into blocks of ``text.max_length`` tokens:
+    ``bos`` + tokens, documents separated by ``eos``. A trailing partial block is dropped.
+    Blank rows are skipped and rows with undecodable bytes counted in ``stats``."""
+    size = text.max_length - 1
+    bos, eos = text.bos_token_id, text.eos_token_id
+
+    def tokenize_and_pack(batch: dict[str, list]) -> dict[str, list]:
+        docs = [t for t in batch["text"] if t and t.strip()]
+        ids = tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
+        flat: list[int] = []
+        for doc in ids:
+            flat += doc + [eos]
+        n = len(flat) // size
+        return {
+            "input_ids": [[bos] + flat[i * size:(i + 1) * size] for i in range(n)],
+            "n_docs": [len(docs)] * n,
+            "n_blank": [len(batch["text"]) - len(docs)] * n,
+            "n_bad": [sum("\ufffd" in t for t in docs)] * n,
+        }
+
+    cols = ["text"]
+    kwargs = {} if _is_iterable(ds) else {"desc": "tokenising and packing"}
+    return ds.map(tokenize_and_pack, batched=True, batch_size=1000, remove_columns=cols, **kwargs)
+
+
+def _is_iterable(ds) -> bool:
+    import datasets
+
+    return isinstance(ds, datasets.IterableDataset)
+
+
+def build_text_dataset(cfg: DataConfig, tokenizer, text: TextConfig, seed: int):
+    """The pretraining dataset: packed blocks, each example with its own mask seed."""
+    ds = pack_blocks(load_corpus(cfg), tokenizer, text)
+    if _is_iterable(ds):
+        return SeededIterable(ds.select_columns(["input_ids"]), seed)
+    if len(ds) == 0:
+        raise RecipeError(
+            f"data.path: {cfg.path} holds fewer tokens than one block of adapter.max_length="
+            f"{text.max_length}; add text or lower adapter.max_length"
+        )
+    blank, bad = sum(ds["n_blank"]), sum(ds["n_bad"])
+    if blank or bad:
+        log.warning("data: %d blank lines skipped; %d lines had undecodable bytes (read as U+FFFD)", blank, bad)
+    return SeededDataset(ds.select_columns(["input_ids"]), seed)
+
+
+class TextCollator:
+    """Stacks packed blocks and makes the student's masks: ``M`` clones per sample in v2 (masked
+    tokens are dropped by the model), or <mask> / random / unchanged tokens in v1.
+
+    >>> c = TextCollator(MaskConfig(kind="random", prob=0.5), TextConfig(8, 10, 1, 0, 2, 4), 2, 2)
+    >>> batch = c([{"input_ids": [0, 5, 6, 7, 8, 9, 5, 2], "seed": (1, 0, 0)}])
+    >>> batch["mask"].shape, int(batch["mask"][0].sum())
+    (torch.Size([2, 8]), 3)
+    """
+
+    def __init__(self, mask: MaskConfig, text: TextConfig, version: int, clones: int):
+        self.mask, self.text, self.version, self.clones = mask, text, version, clones
+        specials = [text.pad_token_id, text.bos_token_id, text.eos_token_id, text.mask_token_id]
+        self.specials = np.array(sorted({s for s in specials if s >= 0}))
+        self.ordinary = np.setdiff1d(np.arange(text.vocab_size), self.specials)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        t = max(len(e["input_ids"]) for e in examples)
+        ids = np.full((len(examples), t), self.text.pad_token_id, dtype=np.int64)
+        for i, e in enumerate(examples):
+            ids[i, : len(e["input_ids"])] = e["input_ids"]
+        m = self.clones
+        masks = np.zeros((len(examples) * m, t), dtype=bool)
+        student = np.repeat(ids, m, axis=0)
+        use_token = self.version == 1 and self.text.mask_with == "token"
+        for i, e in enumerate(examples):
+            rng = example_rng(e["seed"])
+            pos = np.flatnonzero(~np.isin(ids[i], self.specials))
+            for c in range(m):
+                row = i * m + c
+                if self.mask.kind == "bert":
+                    codes = bert_mask(len(pos), self.mask.prob, rng, self.mask.bert_mask, self.mask.bert_random)
+                    masks[row, pos] = codes == BERT_MASK
+                    rand = pos[codes == BERT_RANDOM]
+                    student[row, rand] = rng.choice(self.ordinary, len(rand))
+                else:
+                    masks[row, pos] = sample_mask(self.mask, (len(pos),), rng)
+                if use_token:
+                    student[row, masks[row]] = self.text.mask_token_id
+        batch: dict[str, Any] = {"inputs": {"input_ids": torch.from_numpy(ids)}, "mask": torch.from_numpy(masks)}
+        if not np.array_equal(student, np.repeat(ids, m, axis=0)):
+            batch["student_inputs"] = {"input_ids": torch.from_numpy(student)}
+        return batch
+

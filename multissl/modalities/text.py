@@ -1,0 +1,208 @@
+"""Text adapter: token embeddings and learned positions laid out like RoBERTa, so a trained encoder
+is exactly a ``Data2VecTextModel`` (or ``RobertaModel``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from multissl.core.blocks import EncoderConfig
+from multissl.modalities.base import Modality, block_tensors, fuse_block, register
+
+
+# multissl block tensor -> Data2VecText / RoBERTa / BERT layer module
+HF_BLOCK_NAMES = {
+    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+    "out": "attention.output.dense", "norm1": "attention.output.LayerNorm",
+    "fc1": "intermediate.dense", "fc2": "output.dense", "norm2": "output.LayerNorm",
+}
+
+
+@dataclass
+class TextConfig:
+    """Text-specific settings. Token ids come from the tokenizer when the recipe leaves them at -1."""
+
+    max_length: int = 512
+    """Longest sequence (the packed block size)."""
+
+    vocab_size: int = -1
+    """Vocabulary size; -1 takes it from the tokenizer."""
+
+    pad_token_id: int = -1
+    """Padding id (also RoBERTa's position offset); -1 takes it from the tokenizer."""
+
+    bos_token_id: int = -1
+    """Id that opens a block (<s> / [CLS]); -1 takes it from the tokenizer."""
+
+    eos_token_id: int = -1
+    """Id that closes a block and separates documents (</s> / [SEP]); -1 takes it from the tokenizer."""
+
+    mask_token_id: int = -1
+    """The <mask> id used by dense (v1) masking; -1 takes it from the tokenizer."""
+
+    mask_with: Literal["token", "embedding"] = "token"
+    """Dense (v1) masking: replace masked ids by <mask> in the collator, or replace masked embeddings
+    by a learned vector in the model."""
+
+    def validate(self, where: str = "text") -> None:
+        if self.max_length < 8:
+            raise ValueError(f"{where}.max_length must be >= 8, got {self.max_length}")
+
+    @property
+    def position_rows(self) -> int:
+        """RoBERTa position table size: positions start after the padding id."""
+        return self.max_length + self.pad_token_id + 1
+
+
+class TextLocal(nn.Module):
+    def __init__(self, cfg: TextConfig, dim: int):
+        super().__init__()
+        self.pad = cfg.pad_token_id
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, dim, padding_idx=cfg.pad_token_id)
+        nn.init.normal_(self.embed_tokens.weight, std=0.02)
+        with torch.no_grad():
+            self.embed_tokens.weight[cfg.pad_token_id].zero_()
+        self.mask_embedding = nn.Parameter(torch.zeros(dim).normal_(std=0.02)) if cfg.mask_with == "embedding" else None
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = inputs["input_ids"]
+        return self.embed_tokens(ids), ids.eq(self.pad)
+
+
+class TextContext(nn.Module):
+    """Learned positions (RoBERTa numbering: padding keeps the padding row), LayerNorm, dropout."""
+
+    def __init__(self, cfg: TextConfig, enc: EncoderConfig):
+        super().__init__()
+        self.pad = cfg.pad_token_id
+        self.embed_positions = nn.Embedding(cfg.position_rows, enc.dim, padding_idx=cfg.pad_token_id)
+        nn.init.normal_(self.embed_positions.weight, std=0.02)
+        with torch.no_grad():
+            self.embed_positions.weight[cfg.pad_token_id].zero_()
+        self.layer_norm = nn.LayerNorm(enc.dim, eps=enc.eps)
+        self.dropout = nn.Dropout(enc.dropout)
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        valid = (~padding_mask).long()
+        positions = torch.cumsum(valid, dim=1) * valid + self.pad
+        return self.dropout(self.layer_norm(x + self.embed_positions(positions)))
+
+
+@register
+class Text(Modality):
+    name = "text"
+    config_class = TextConfig
+
+    def build_local(self, enc: EncoderConfig) -> nn.Module:
+        return TextLocal(self.cfg, enc.dim)
+
+    def build_context(self, enc: EncoderConfig) -> nn.Module:
+        return TextContext(self.cfg, enc)
+
+    def ema_split(self, version: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        # Embeddings and positions are shared with the teacher, which averages the blocks only
+        # (data2vec text copies its embeddings every step, which is the same thing, cheaper).
+        return ("local", "context"), ()
+
+    def prepare(self, recipe: Any) -> tuple[Any, Any, Any]:
+        from multissl.config import RecipeError
+        from multissl.data.text import TextCollator, build_text_dataset
+
+        tok = load_tokenizer(recipe.data.tokenizer)
+        c = self.cfg
+        if c.vocab_size not in (-1, len(tok)):
+            raise RecipeError(f"data.tokenizer: {recipe.data.tokenizer} has {len(tok)} tokens but the model "
+                              f"has vocab_size {c.vocab_size}")
+        c.vocab_size = len(tok)
+        for key, value in (("pad_token_id", tok.pad_token_id), ("bos_token_id", tok.cls_token_id),
+                           ("eos_token_id", tok.sep_token_id), ("mask_token_id", tok.mask_token_id)):
+            if value is None:
+                raise RecipeError(f"data.tokenizer: {recipe.data.tokenizer} has no {key.replace('_id', '')}")
+            if getattr(c, key) == -1:
+                setattr(c, key, value)
+        dataset = build_text_dataset(recipe.data, tok, c, recipe.train.seed)
+        collator = TextCollator(recipe.mask, c, recipe.method.version, recipe.method.clones)
+        return dataset, collator, tok
+
+    def hf_config(self, enc: EncoderConfig):
+        from transformers import Data2VecTextConfig
+
+        c = self.cfg
+        return Data2VecTextConfig(
+            vocab_size=c.vocab_size, hidden_size=enc.dim, num_hidden_layers=enc.depth,
+            num_attention_heads=enc.heads, intermediate_size=enc.ffn_dim, hidden_act="gelu",
+            hidden_dropout_prob=enc.dropout, attention_probs_dropout_prob=enc.attention_dropout,
+            max_position_embeddings=c.position_rows, type_vocab_size=1, layer_norm_eps=enc.eps,
+            pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
+        )
+
+    def to_hf_state_dict(self, state: dict[str, torch.Tensor], enc: EncoderConfig) -> dict[str, torch.Tensor]:
+        out = {
+            "embeddings.word_embeddings.weight": state["local.embed_tokens.weight"],
+            "embeddings.position_embeddings.weight": state["context.embed_positions.weight"],
+            "embeddings.token_type_embeddings.weight": torch.zeros(1, enc.dim),
+            "embeddings.LayerNorm.weight": state["context.layer_norm.weight"],
+            "embeddings.LayerNorm.bias": state["context.layer_norm.bias"],
+        }
+        for i in range(enc.depth):
+            for key, t in block_tensors(state, i).items():
+                part, kind = key.split(".")
+                out[f"encoder.layer.{i}.{HF_BLOCK_NAMES[part]}.{kind}"] = t
+        return out
+
+    def from_hf(self, folder: str) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
+        """Read a Data2VecText / RoBERTa / BERT folder. BERT's positions (from 0) and token-type row
+        are folded into the RoBERTa-style position table, which keeps the outputs exact."""
+        from transformers import AutoConfig, AutoModel
+
+        hf_cfg = AutoConfig.from_pretrained(folder)
+        if hf_cfg.model_type not in ("data2vec-text", "roberta", "bert", "xlm-roberta"):
+            raise ValueError(f"{folder}: model_type {hf_cfg.model_type!r} is not a BERT-family text encoder")
+        if getattr(hf_cfg, "hidden_act", "gelu") != "gelu":
+            raise ValueError(f"{folder}: hidden_act {hf_cfg.hidden_act!r} is not supported (gelu only)")
+        sd = AutoModel.from_pretrained(folder, add_pooling_layer=False).state_dict()
+        enc = EncoderConfig(
+            dim=hf_cfg.hidden_size, depth=hf_cfg.num_hidden_layers, heads=hf_cfg.num_attention_heads,
+            ffn_dim=hf_cfg.intermediate_size, norm="post", eps=hf_cfg.layer_norm_eps,
+            dropout=hf_cfg.hidden_dropout_prob, attention_dropout=hf_cfg.attention_probs_dropout_prob,
+        )
+        pad = hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0
+        pos = sd["embeddings.position_embeddings.weight"]
+        tok_type = sd["embeddings.token_type_embeddings.weight"][0]
+        if hf_cfg.model_type == "bert":  # positions 0..P-1 -> rows pad+1 .. pad+P
+            table = torch.zeros(pos.shape[0] + pad + 1, pos.shape[1])
+            table[pad + 1:] = pos
+        else:
+            table = pos.clone()
+        table[pad + 1:] += tok_type
+        max_length = table.shape[0] - pad - 1
+        self.cfg.vocab_size, self.cfg.pad_token_id, self.cfg.max_length = hf_cfg.vocab_size, pad, max_length
+        state = {
+            "local.embed_tokens.weight": sd["embeddings.word_embeddings.weight"],
+            "context.embed_positions.weight": table,
+            "context.layer_norm.weight": sd["embeddings.LayerNorm.weight"],
+            "context.layer_norm.bias": sd["embeddings.LayerNorm.bias"],
+        }
+        for i in range(enc.depth):
+            parts = {f"{k}.{kind}": sd[f"encoder.layer.{i}.{v}.{kind}"] for k, v in HF_BLOCK_NAMES.items()
+                     for kind in ("weight", "bias")}
+            state.update(fuse_block(parts, i))
+        return enc, state
+
+
+def load_tokenizer(folder: str):
+    """``AutoTokenizer`` from a local folder, with a one-line error when it is not there."""
+    from transformers import AutoTokenizer
+
+    from multissl.config import RecipeError
+
+    if not folder:
+        raise RecipeError("data.tokenizer is empty: pass --tokenizer FOLDER (make one with "
+                          "'multissl tokenizer train')")
+    if not (Path(folder) / "tokenizer_config.json").is_file():
+        raise RecipeError(f"data.tokenizer: {folder}: no tokenizer there (no tokenizer_config.json)")
+    return AutoTokenizer.from_pretrained(folder)
