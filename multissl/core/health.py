@@ -18,15 +18,15 @@ class HealthConfig:
     min_pred_var: float = 0.01
     """Alarm when ``pred_var`` (the same for the student's predictions) falls below this."""
 
-    warmup_steps: int = 5000
+    check_after: int = 5000
     """No alarm before this many optimiser updates (early training is allowed to wander)."""
 
     action: Literal["warn", "stop"] = "stop"
     """warn: log a warning and go on; stop: save a checkpoint and stop with a message."""
 
     def validate(self, where: str = "health") -> None:
-        if self.warmup_steps < 0:
-            raise ValueError(f"{where}.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.check_after < 0:
+            raise ValueError(f"{where}.check_after must be >= 0, got {self.check_after}")
 
 
 def compute_var(x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +44,10 @@ def compute_var(x: torch.Tensor) -> torch.Tensor:
 def check_health(step: int, metrics: dict[str, float], cfg: HealthConfig) -> str | None:
     """A message naming what collapsed, or None when healthy (or still warming up).
 
-    >>> check_health(10, {"target_var": 0.01, "pred_var": 0.5}, HealthConfig(warmup_steps=5))
+    >>> check_health(10, {"target_var": 0.01, "pred_var": 0.5}, HealthConfig(check_after=5))
     'target_var 0.0100 < min_target_var 0.1 at step 10: the teacher targets collapsed'
     """
-    if step < cfg.warmup_steps:
+    if step < cfg.check_after:
         return None
     tv, pv = metrics.get("target_var"), metrics.get("pred_var")
     if tv is not None and tv < cfg.min_target_var:

@@ -66,10 +66,11 @@ def load_corpus(cfg: DataConfig):
     return ds
 
 
-def pack_blocks(ds, tokenizer, text: TextConfig, stats: dict[str, int] | None = None):
+def pack_blocks(ds, tokenizer, text: TextConfig):
     """Tokenise documents (rows) and pack them into blocks of ``text.max_length`` tokens:
     ``bos`` + tokens, documents separated by ``eos``. A trailing partial block is dropped.
-    Blank rows are skipped and rows with undecodable bytes counted in ``stats``."""
+    Blank rows are skipped; they and rows with undecodable bytes are counted in the ``n_blank`` and
+    ``n_bad`` columns (on the first block each batch of rows produced)."""
     size = text.max_length - 1
     bos, eos = text.bos_token_id, text.eos_token_id
 
@@ -80,11 +81,12 @@ def pack_blocks(ds, tokenizer, text: TextConfig, stats: dict[str, int] | None = 
         for doc in ids:
             flat += doc + [eos]
         n = len(flat) // size
+        first = [1] + [0] * (n - 1) if n else []  # counts ride on a batch's first block
+        blank, bad = len(batch["text"]) - len(docs), sum("\ufffd" in t for t in docs)
         return {
             "input_ids": [[bos] + flat[i * size:(i + 1) * size] for i in range(n)],
-            "n_docs": [len(docs)] * n,
-            "n_blank": [len(batch["text"]) - len(docs)] * n,
-            "n_bad": [sum("\ufffd" in t for t in docs)] * n,
+            "n_blank": [blank * f for f in first],
+            "n_bad": [bad * f for f in first],
         }
 
     cols = ["text"]

@@ -6,6 +6,7 @@ modality it is running."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -55,8 +56,18 @@ class Modality(ABC):
         processor) has ``save_pretrained`` and is exported beside the model."""
 
     @abstractmethod
-    def hf_config(self, enc: EncoderConfig) -> Any:
-        """The Hugging Face config of the exported encoder."""
+    def hf_config(self, enc: EncoderConfig, arch: str | None = None) -> Any:
+        """The Hugging Face config of the exported encoder; ``arch`` picks among the classes that
+        hold it exactly (None: the adapter's default)."""
+
+    @abstractmethod
+    def load_preprocessor(self, folder: str | Path) -> Any:
+        """The preprocessor saved in an HF folder (tokenizer, feature extractor, image processor)."""
+
+    @abstractmethod
+    def example_inputs(self, preprocessor: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(HF model kwargs, multissl encoder inputs) for the same small real batch, with padding,
+        used to check an export."""
 
     @abstractmethod
     def to_hf_state_dict(self, state: dict[str, torch.Tensor], enc: EncoderConfig) -> dict[str, torch.Tensor]:

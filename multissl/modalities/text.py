@@ -22,6 +22,13 @@ HF_BLOCK_NAMES = {
 }
 
 
+EXAMPLE_TEXTS = [
+    "In the beginning God created the heaven and the earth.",
+    "And the earth was without form, and void; and darkness was upon the face of the deep.",
+    "Jesus wept.",
+]
+
+
 @dataclass
 class TextConfig:
     """Text-specific settings. Token ids come from the tokenizer when the recipe leaves them at -1."""
@@ -128,17 +135,29 @@ class Text(Modality):
         collator = TextCollator(recipe.mask, c, recipe.method.version, recipe.method.clones)
         return dataset, collator, tok
 
-    def hf_config(self, enc: EncoderConfig):
-        from transformers import Data2VecTextConfig
+    def hf_config(self, enc: EncoderConfig, arch: str | None = None):
+        from transformers import AutoConfig
 
+        arch = arch or "data2vec-text"
+        if arch not in ("data2vec-text", "roberta"):
+            raise ValueError(f"--arch: text encoders export as data2vec-text or roberta, not {arch!r}")
         c = self.cfg
-        return Data2VecTextConfig(
-            vocab_size=c.vocab_size, hidden_size=enc.dim, num_hidden_layers=enc.depth,
+        return AutoConfig.for_model(
+            arch, vocab_size=c.vocab_size, hidden_size=enc.dim, num_hidden_layers=enc.depth,
             num_attention_heads=enc.heads, intermediate_size=enc.ffn_dim, hidden_act="gelu",
             hidden_dropout_prob=enc.dropout, attention_probs_dropout_prob=enc.attention_dropout,
             max_position_embeddings=c.position_rows, type_vocab_size=1, layer_norm_eps=enc.eps,
             pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
         )
+
+    def load_preprocessor(self, folder: str | Path):
+        return load_tokenizer(str(folder))
+
+    def example_inputs(self, preprocessor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        batch = preprocessor(EXAMPLE_TEXTS, padding=True, truncation=True, max_length=self.cfg.max_length,
+                             return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, {
+            "input_ids": batch["input_ids"]}
 
     def to_hf_state_dict(self, state: dict[str, torch.Tensor], enc: EncoderConfig) -> dict[str, torch.Tensor]:
         out = {

@@ -1,0 +1,1 @@
+"""Export to Hugging Face model folders, model cards, and publishing to the Hub."""

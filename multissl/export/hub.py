@@ -1,0 +1,31 @@
+"""Publish an exported model folder to the Hugging Face Hub with huggingface_hub."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def push(model_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False,
+         endpoint: str | None = None, commit_message: str = "Upload encoder pretrained with multissl") -> str:
+    """Create ``repo_id`` if needed and upload ``model_dir`` (an ``multissl export`` folder) in one
+    commit; returns the commit URL. The token is passed to the client only, never logged.
+
+    >>> push("out/t1", "my-org/my-text-encoder")  # doctest: +SKIP
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(model_dir)
+    for needed in ("config.json", "README.md"):
+        if not (folder / needed).is_file():
+            raise FileNotFoundError(f"{folder}: no {needed}; push a folder written by 'multissl export'")
+    if repo_id.count("/") > 1 or not repo_id.strip("/"):
+        raise ValueError(f"repo_id {repo_id!r}: expected NAME or OWNER/NAME")
+    api = HfApi(endpoint=endpoint, token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    log.info("uploading %s to %s", folder, url)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                             commit_message=commit_message)
+    return str(getattr(info, "commit_url", None) or url)

@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from multissl.config import DataConfig, RecipeError
+from multissl.core.masking import MaskConfig
+from multissl.data.text import TextCollator, build_text_dataset, load_corpus, resolve_files
+from multissl.modalities.text import TextConfig, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    return load_tokenizer(str(tokenizer_dir))
+
+
+def text_cfg(tok, max_length=32, mask_with="token"):
+    return TextConfig(max_length=max_length, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                      mask_token_id=tok.mask_token_id, mask_with=mask_with)
+
+
+def test_formats_give_the_same_blocks(tmp_path, kjv_rows, tok):
+    texts = [r["text"] for r in kjv_rows[:300]]
+    (tmp_path / "a.txt").write_text("\n".join(texts) + "\n")
+    with open(tmp_path / "b.jsonl", "w") as fh:
+        for t in texts:
+            fh.write(json.dumps({"body": t, "other": 1}) + "\n")
+    import pandas as pd
+
+    pd.DataFrame({"body": texts}).to_parquet(tmp_path / "c.parquet")
+    cfg = text_cfg(tok)
+    blocks = []
+    for name in ("a.txt", "b.jsonl", "c.parquet"):
+        ds = build_text_dataset(DataConfig(path=str(tmp_path / name), text_column="body"), tok, cfg, seed=0)
+        blocks.append([ds[i]["input_ids"] for i in range(len(ds))])
+    assert blocks[0] == blocks[1] == blocks[2]
+    first = blocks[0][0]
+    assert len(first) == 32 and first[0] == tok.cls_token_id
+    decoded = tok.decode(first[1:])
+    assert decoded.replace("</s>", " ").split()[:3] == texts[0].split()[:3]
+
+
+def test_streaming_matches_loaded(tmp_path, kjv_file, tok):
+    cfg = text_cfg(tok)
+    loaded = build_text_dataset(DataConfig(path=str(kjv_file)), tok, cfg, seed=0)
+    streamed = build_text_dataset(DataConfig(path=str(kjv_file), streaming=True), tok, cfg, seed=0)
+    first = [ex["input_ids"] for _, ex in zip(range(20), streamed, strict=False)]
+    assert first == [loaded[i]["input_ids"] for i in range(20)]
+
+
+def test_blank_lines_and_bad_bytes_are_handled_and_counted(tmp_path, kjv_rows, tok, caplog):
+    body = "\n".join(r["text"] for r in kjv_rows[:200]).encode()
+    (tmp_path / "bad.txt").write_bytes(b"\n\n   \n" + body[:500] + b"\xff\xfe broken\n" + body[500:] + b"\n\n")
+    with caplog.at_level("WARNING"):
+        ds = build_text_dataset(DataConfig(path=str(tmp_path / "bad.txt")), tok, text_cfg(tok), seed=0)
+    assert len(ds) > 10
+    assert "blank lines skipped" in caplog.text and "1 lines had undecodable bytes" in caplog.text
+
+
+def test_bad_paths_and_columns_are_one_line_errors(tmp_path, tok):
+    with pytest.raises(RecipeError, match="no such file"):
+        resolve_files(str(tmp_path / "missing.txt"))
+    with pytest.raises(RecipeError, match="data.path is empty"):
+        resolve_files("")
+    (tmp_path / "x.jsonl").write_text('{"a": "b"}\n')
+    with pytest.raises(RecipeError, match="no column 'text'"):
+        load_corpus(DataConfig(path=str(tmp_path / "x.jsonl")))
+    (tmp_path / "short.txt").write_text("In the beginning.\n")
+    with pytest.raises(RecipeError, match="fewer tokens than one block"):
+        build_text_dataset(DataConfig(path=str(tmp_path / "short.txt")), tok, text_cfg(tok), seed=0)
+
+
+def test_folder_input_reads_recursively(tmp_path, kjv_rows, tok):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "one.txt").write_text("\n".join(r["text"] for r in kjv_rows[:100]))
+    (tmp_path / "two.txt").write_text("\n".join(r["text"] for r in kjv_rows[100:200]))
+    builder, files = resolve_files(str(tmp_path))
+    assert builder == "text" and len(files) == 2
+
+
+def test_v2_collator_exact_masks_per_clone_and_reproducible(tok, kjv_file):
+    cfg = text_cfg(tok)
+    ds = build_text_dataset(DataConfig(path=str(kjv_file)), tok, cfg, seed=3)
+    col = TextCollator(MaskConfig(kind="random", prob=0.48), cfg, version=2, clones=8)
+    b1, b2 = col([ds[0], ds[1]]), col([ds[0], ds[1]])
+    assert torch.equal(b1["mask"], b2["mask"]) and b1["mask"].shape == (16, 32)
+    assert "student_inputs" not in b1  # v2 drops tokens in the model
+    n = b1["mask"].sum(1)
+    assert (n == n[0]).all() and n[0] == 31 - int(31 * 0.52)  # bos is never masked
+    assert not b1["mask"][:, 0].any()
+    assert len({tuple(r.tolist()) for r in b1["mask"]}) == 16
+    ds.set_epoch(1)
+    assert not torch.equal(col([ds[0], ds[1]])["mask"], b1["mask"])
+
+
+def test_v1_bert_collator(tok, kjv_file):
+    cfg = text_cfg(tok, max_length=128)
+    ds = build_text_dataset(DataConfig(path=str(kjv_file)), tok, cfg, seed=0)
+    col = TextCollator(MaskConfig(kind="bert", prob=0.15), cfg, version=1, clones=1)
+    b = col([ds[i] for i in range(64)])
+    ids, student, mask = b["inputs"]["input_ids"], b["student_inputs"]["input_ids"], b["mask"]
+    assert (student[mask] == tok.mask_token_id).all()
+    assert abs(mask.float().mean().item() - 0.15 * 0.8) < 0.02
+    changed = (student != ids) & ~mask
+    assert abs(changed.float().mean().item() - 0.15 * 0.1) < 0.01
+    specials = np.array([tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id])
+    assert not np.isin(student[changed].numpy(), specials).any()

@@ -1,0 +1,101 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from multissl.config import RecipeError, load_recipe
+from multissl.train import CollapseError, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "text" / "tiny.yaml"
+
+
+def run(args, *extra, callbacks=None, resume=False, overwrite=False):
+    return pretrain(load_recipe(TINY, [*args, *extra]), resume=resume, overwrite=overwrite, callbacks=callbacks)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_pretrain_writes_run_folder_and_logs(tiny_args):
+    run_dir = run(tiny_args, "--max_steps", "4")
+    for name in ("model.safetensors", "recipe.yaml", "metrics.jsonl", "metrics.csv", "preprocessor"):
+        assert (run_dir / name).exists(), name
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    assert not (run_dir / ".staging").exists()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(r["target_var"] > 0 and r["pred_var"] > 0 and 0.99 < r["ema_decay"] < 1 for r in rows)
+    state = load_file(str(run_dir / "model.safetensors"))
+    assert int(state["ema_updates"]) == 4
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_args, tmp_path):
+    full = run(tiny_args, "--max_steps", "6", "--output_dir", str(tmp_path / "full"))
+    part = tmp_path / "part"
+    run(tiny_args, "--max_steps", "6", "--output_dir", str(part), callbacks=[StopAt(3)])
+    assert (part / "checkpoint-3").is_dir() and not (part / "checkpoint-6").exists()
+    run(tiny_args, "--max_steps", "6", "--output_dir", str(part), resume=True)
+    steps = [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]  # the second run continued from step 3, it did not start over
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert a.keys() == b.keys()
+    diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    assert diff <= 1e-6
+    assert int(b["ema_updates"]) == 6
+
+
+def test_ema_steps_once_per_optimiser_update(tiny_args):
+    run_dir = run(tiny_args, "--max_steps", "3", "--grad_accum", "2")
+    assert int(load_file(str(run_dir / "model.safetensors"))["ema_updates"]) == 3
+
+
+def test_health_collapse_stops_with_checkpoint(tiny_args, caplog):
+    with pytest.raises(CollapseError, match="target_var .* < min_target_var 100.0 at step 2"):
+        run(tiny_args, "--max_steps", "6", "--health.min_target_var", "100", "--health.action", "stop")
+    run_dir = Path(tiny_args[tiny_args.index("--output_dir") + 1])
+    assert (run_dir / "checkpoint-2" / "model.safetensors").exists()
+    with caplog.at_level("WARNING"):
+        run(tiny_args, "--max_steps", "2", "--health.min_pred_var", "100", "--health.action", "warn",
+            overwrite=True)
+    assert "pred_var" in caplog.text and "collapsed" in caplog.text
+
+
+def test_bad_runs_fail_with_one_line_errors(tiny_args, tmp_path):
+    run(tiny_args, "--max_steps", "3")
+    with pytest.raises(RecipeError, match="exists and is not empty"):
+        run(tiny_args, "--max_steps", "3")
+    with pytest.raises(RecipeError, match="made with encoder.depth=3, this recipe has 2"):
+        run(tiny_args, "--max_steps", "6", "--encoder.depth", "2", resume=True)
+    with pytest.raises(RecipeError, match="no checkpoint"):
+        run(tiny_args, "--output_dir", str(tmp_path / "fresh"), resume=True)
+    with pytest.raises(RecipeError, match="no tokenizer there"):
+        run(tiny_args, "--tokenizer", str(tmp_path), "--output_dir", str(tmp_path / "x"))
+
+
+def test_v1_recipe_and_continued_pretraining_from_bert(tiny_args, tmp_path, tokenizer_dir):
+    from transformers import BertConfig, BertModel
+
+    run_dir = run(tiny_args, "--max_steps", "2", "--version", "1", "--mask.kind", "bert", "--mask.prob", "0.15",
+                  "--head_layers", "2", "--loss_beta", "4")
+    assert (run_dir / "model.safetensors").exists()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=40, pad_token_id=tok.pad_token_id))
+    bert.save_pretrained(tmp_path / "bert")
+    run_dir = run(tiny_args, "--max_steps", "2", "--init_from", str(tmp_path / "bert"),
+                  "--output_dir", str(tmp_path / "cont"))
+    saved = load_file(str(run_dir / "model.safetensors"))
+    assert saved["encoder.local.embed_tokens.weight"].shape == (len(tok), 32)
