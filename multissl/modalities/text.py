@@ -13,7 +13,6 @@ from torch import nn
 from multissl.core.blocks import EncoderConfig
 from multissl.modalities.base import Modality, block_tensors, fuse_block, register
 
-
 # multissl block tensor -> Data2VecText / RoBERTa / BERT layer module
 HF_BLOCK_NAMES = {
     "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",

@@ -4,8 +4,17 @@ import torch
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from multissl.core.masking import (
-    BERT_KEEP, BERT_MASK, BERT_NONE, BERT_RANDOM, MaskConfig, bert_mask, block_mask, multi_mask,
-    random_mask, sample_mask, span_mask,
+    BERT_KEEP,
+    BERT_MASK,
+    BERT_NONE,
+    BERT_RANDOM,
+    MaskConfig,
+    bert_mask,
+    block_mask,
+    multi_mask,
+    random_mask,
+    sample_mask,
+    span_mask,
 )
 
 

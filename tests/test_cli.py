@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+import pytest
+
+from multissl.cli import main
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["pretrain", "recipes/text/tiny.yaml", "--max_stepz", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown override --max_stepz" in err and "max_steps" in err
+    assert main(["pretrain", "recipes/text/tiny.yaml", "--output_dir", str(tmp_path / "r")]) == 2
+    assert "data.tokenizer is empty" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), str(tmp_path / "o")]) == 2
+    assert "not a multissl run folder" in capsys.readouterr().err
+
+
+def test_full_cli_path(tmp_path, kjv_file, tokenizer_dir, kjv_rows, capsys):
+    from tests.conftest import TINY
+
+    tok = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--files", str(kjv_file), "--kind", "wordpiece", "--vocab-size", "500",
+                 "--out", str(tok)]) == 0
+    run = tmp_path / "run"
+    assert main(["pretrain", "recipes/text/tiny.yaml", *TINY, "--data", str(kjv_file), "--tokenizer", str(tok),
+                 "--output_dir", str(run), "--max_steps", "2"]) == 0
+    assert main(["export", str(run), str(tmp_path / "out")]) == 0
+    data = tmp_path / "l.jsonl"
+    data.write_text("".join(f'{{"text": "{r["text"]}", "t": "{r["testament"]}"}}\n' for r in kjv_rows[::100]))
+    capsys.readouterr()
+    assert main(["probe", str(tmp_path / "out"), "--data", str(data), "--label-column", "t"]) == 0
+    assert "random init" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["pretrain", "--help"]])
+def test_module_entry_point(args):
+    out = subprocess.run([sys.executable, "-m", "multissl", *args], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: multissl" in out.stdout
