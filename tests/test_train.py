@@ -99,3 +99,24 @@ def test_v1_recipe_and_continued_pretraining_from_bert(tiny_args, tmp_path, toke
                   "--output_dir", str(tmp_path / "cont"))
     saved = load_file(str(run_dir / "model.safetensors"))
     assert saved["encoder.local.embed_tokens.weight"].shape == (len(tok), 32)
+
+
+def test_streaming_run(tiny_args):
+    run_dir = run(tiny_args, "--max_steps", "3", "--streaming", "true")
+    assert int(load_file(str(run_dir / "model.safetensors"))["ema_updates"]) == 3
+
+
+def test_empty_corpus_is_a_one_line_error(tiny_args, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(RecipeError, match="fewer tokens than one block"):
+        run(tiny_args, "--data", str(empty), "--output_dir", str(tmp_path / "e"))
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "text").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_text_recipe_runs_on_a_tiny_model(recipe, tiny_args):
+    """Each recipe's objective, masking and schedule, shrunk to a tiny encoder for two updates."""
+    r = load_recipe(recipe, [*tiny_args, "--max_steps", "2", "--warmup_steps", "1", "--decay_steps", "1"])
+    run_dir = pretrain(r)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)

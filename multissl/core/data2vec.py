@@ -191,8 +191,8 @@ class Data2Vec(nn.Module):
     def ema_step(self) -> float:
         """One EMA update with the scheduled decay; call it after each real optimiser step."""
         if self._ema is None:
-            pairs = [(getattr(self.encoder, n), m) for n, m in self.teacher.items()]
-            self._ema = EMA(pairs, copied=[c.split(".", 1)[1] for c in self.copied])
+            student = nn.ModuleDict({n: getattr(self.encoder, n) for n in self.teacher})  # a view, not registered
+            self._ema = EMA([(student, self.teacher)], copied=self.copied)
         decay = annealed_decay(int(self.ema_updates), self.cfg.ema)
         self._ema.step(decay)
         self.ema_updates += 1
