@@ -79,7 +79,7 @@ def training_arguments(recipe: Recipe, output_dir: str) -> TrainingArguments:
         save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
         report_to=t.report_to, remove_unused_columns=False, label_names=[],
         dataloader_num_workers=recipe.data.num_workers, dataloader_drop_last=True,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
         **kwargs,
     )
 

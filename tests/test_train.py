@@ -10,7 +10,7 @@ from multissl.config import RecipeError, load_recipe
 from multissl.train import CollapseError, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "recipes" / "text" / "tiny.yaml"
+TINY = ROOT / "recipes" / "text" / "tiny-v2.yaml"
 
 
 def run(args, *extra, callbacks=None, resume=False, overwrite=False):
@@ -109,7 +109,7 @@ def test_streaming_run(tiny_args):
 def test_empty_corpus_is_a_one_line_error(tiny_args, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    with pytest.raises(RecipeError, match="fewer tokens than one block"):
+    with pytest.raises(RecipeError, match="every file is empty"):
         run(tiny_args, "--data", str(empty), "--output_dir", str(tmp_path / "e"))
 
 

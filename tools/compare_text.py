@@ -1,4 +1,4 @@
-"""Equal CPU wall-clock for multissl data2vec 2.0 and the HF masked-LM peer (RobertaForMaskedLM with
+"""Equal CPU wall-clock for multissl data2vec 2.0 (and v1) and the HF masked-LM peer (RobertaForMaskedLM with
 DataCollatorForLanguageModeling), on the same encoder shape, tokenizer, packed blocks, batch and
 learning rate, then the same linear probe on labelled verses that neither saw during pretraining
 (which of the Bible's six sections a verse comes from).
@@ -69,16 +69,17 @@ def main() -> None:
               "--schedule", "constant_with_warmup", "--max_steps", "100000", "--save_steps", "100000"]
     results = []
     for seed in args.seeds:
-        # multissl data2vec 2.0 (the tiny recipe)
-        recipe = load_recipe(ROOT / "recipes/text/tiny.yaml",
-                             [*common, "--seed", str(seed), "--output_dir", str(out / f"d2v-{seed}")])
-        clock = WallClock(args.budget)
-        run_dir = pretrain(recipe, callbacks=[clock])
-        d2v_dir = export(run_dir, out / f"d2v-{seed}-export")
-        d2v_steps = clock.steps
+        runs = []
+        for name, recipe_file in (("multissl data2vec 2.0", "tiny-v2.yaml"), ("multissl data2vec v1", "tiny.yaml")):
+            recipe = load_recipe(ROOT / "recipes/text" / recipe_file,
+                                 [*common, "--seed", str(seed), "--output_dir", str(out / f"{recipe_file}-{seed}")])
+            clock = WallClock(args.budget)
+            run_dir = pretrain(recipe, callbacks=[clock])
+            runs.append((name, export(run_dir, out / f"{recipe_file}-{seed}-export"), clock.steps))
 
         # HF masked LM on the same blocks, shape, batch and learning rate
-        _, _, dataset, _, _ = build_model(load_recipe(ROOT / "recipes/text/tiny.yaml", [*common, "--output_dir", "x"]))
+        _, _, dataset, _, _ = build_model(load_recipe(ROOT / "recipes/text/tiny-v2.yaml",
+                                                      [*common, "--output_dir", "unused"]))
         enc, t = recipe.encoder, recipe.train
         torch.manual_seed(seed)
         mlm = RobertaForMaskedLM(RobertaConfig(
@@ -102,8 +103,7 @@ def main() -> None:
         mlm.roberta.save_pretrained(mlm_dir)
         tok.save_pretrained(mlm_dir)
 
-        for name, model_dir, steps in (("multissl data2vec 2.0", d2v_dir, d2v_steps),
-                                       ("HF RobertaForMaskedLM", mlm_dir, clock.steps)):
+        for name, model_dir, steps in [*runs, ("HF RobertaForMaskedLM", mlm_dir, clock.steps)]:
             res = probe(model_dir, labelled, label_column="section", test_size=0.25, seed=seed)
             results.append((name, seed, steps, res[0]["accuracy"], res[1]["accuracy"], res[2]["accuracy"]))
 
@@ -112,7 +112,7 @@ def main() -> None:
     print(f"{'method':<24} {'seed':>4} {'updates':>8} {'probe acc':>10} {'random init':>12} {'majority':>9}")
     for name, seed, steps, acc, rnd, maj in results:
         print(f"{name:<24} {seed:>4} {steps:>8} {acc:>10.4f} {rnd:>12.4f} {maj:>9.4f}")
-    for name in ("multissl data2vec 2.0", "HF RobertaForMaskedLM"):
+    for name in ("multissl data2vec 2.0", "multissl data2vec v1", "HF RobertaForMaskedLM"):
         accs = [r[3] for r in results if r[0] == name]
         print(f"mean {name}: {sum(accs) / len(accs):.4f} over {len(accs)} seed(s)")
 

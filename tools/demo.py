@@ -1,5 +1,5 @@
 """The main job, end to end on real text: train a tokenizer on the King James Bible shipped in data/,
-pretrain the tiny data2vec 2.0 text recipe for a few minutes, export it as a Hugging Face model,
+pretrain the tiny data2vec text recipe for a few minutes, export it as a Hugging Face model,
 reload it with AutoModel, probe it against the same architecture at random init on a labelled task
 (which of the six sections of the Bible a held-out verse comes from), print a table and draw the
 loss and health curves.
@@ -45,7 +45,7 @@ def plot(run_dir: Path, path: Path) -> None:
     steps = [r["step"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     a.plot(steps, [r["loss"] for r in rows])
-    a.set(title="data2vec 2.0 loss", xlabel="update", ylabel="loss")
+    a.set(title="data2vec loss", xlabel="update", ylabel="loss")
     b.plot(steps, [r["target_var"] for r in rows], label="target_var")
     b.plot(steps, [r["pred_var"] for r in rows], label="pred_var")
     b.set(title="health (per-dimension std)", xlabel="update")

@@ -51,6 +51,12 @@ def load_corpus(cfg: DataConfig):
     import datasets
 
     builder, files = resolve_files(cfg.path, cfg.format)
+    empty = [f for f in files if Path(f).stat().st_size == 0]
+    if len(empty) == len(files):
+        raise RecipeError(f"data.path: {cfg.path}: every file is empty ({', '.join(empty[:3])})")
+    if empty:
+        log.warning("data: skipping %d empty file(s): %s", len(empty), ", ".join(empty[:5]))
+        files = [f for f in files if f not in empty]
     kwargs: dict[str, Any] = {"encoding_errors": "replace"} if builder == "text" else {}
     try:
         ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
