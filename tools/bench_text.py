@@ -3,11 +3,12 @@ run, on the same encoder shape, batch and real text (the shipped King James Bibl
 
 Rows: the student encoder's plain forward+backward (no teacher), multissl data2vec v1 (dense student,
 teacher pass, regression head, EMA), multissl data2vec 2.0 with M clones (sparse student, one teacher
-pass per sample, conv decoder, EMA), and transformers' RobertaForMaskedLM fed by
+pass per sample, a light grouped conv decoder, EMA), the same with the released text decoder (ungrouped, as
+heavy as the encoder at this width), and transformers' RobertaForMaskedLM fed by
 DataCollatorForLanguageModeling. Every row includes the AdamW step. Rounds interleave the rows so that
 machine noise hits them alike; the median is reported.
 
-    python tools/bench_text.py [--dim 256 --depth 4 --seq 128 --batch 16 --clones 8 --rounds 10]
+    python tools/bench_text.py [--dim 256 --depth 4 --seq 512 --batch 4 --clones 8 --rounds 8]
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--clones", type=int, default=8)
     p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
     if args.threads:
@@ -74,10 +75,14 @@ def main() -> None:
                           bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
                           mask_token_id=tok.mask_token_id)
     enc = EncoderConfig(dim=args.dim, depth=args.depth, heads=args.heads, ffn_dim=4 * args.dim)
-    dec = DecoderConfig(layers=5, kernel=9, dim=args.dim, groups=1, projection_layers=2)
+    # The released text decoder (5 x k9 convs, groups 1, full width) costs about as much per token as a
+    # 4-layer encoder of this width; the light one has the released audio decoder's shape (4 x k7 convs
+    # at half width, groups 16, residual, one projection).
+    light = DecoderConfig(layers=4, kernel=7, dim=args.dim // 2, groups=16, residual=True, projection_layers=1)
+    released = DecoderConfig(layers=5, kernel=9, dim=args.dim, groups=1, projection_layers=2)
     ema = EMAConfig(0.999, 0.9999, 1000)
 
-    def d2v(version: int, clones: int):
+    def d2v(version: int, clones: int, dec: DecoderConfig = light):
         torch.manual_seed(0)
         modality = get_modality("text")(text_cfg)
         cfg = Data2VecConfig(version=version, clones=clones, top_k=args.depth, decoder=dec, ema=ema,
@@ -85,7 +90,7 @@ def main() -> None:
                              target_norm="layer" if version == 1 else "instance")
         return Data2Vec(modality, enc, cfg).train()
 
-    v1, v2 = d2v(1, 1), d2v(2, args.clones)
+    v1, v2, v2_released = d2v(1, 1), d2v(2, args.clones), d2v(2, args.clones, released)
     student = d2v(1, 1).encoder
     coll_v1 = TextCollator(MaskConfig(kind="bert", prob=0.15), text_cfg, version=1, clones=1)
     coll_v2 = TextCollator(MaskConfig(kind="random", prob=0.48), text_cfg, version=2, clones=args.clones)
@@ -128,6 +133,8 @@ def main() -> None:
         "student alone (fwd+bwd)": training_step(loss_student, student, args.batch),
         "multissl data2vec v1": training_step(loss_d2v(v1, coll_v1), v1, args.batch, ema=True),
         f"multissl data2vec 2.0 (M={m})": training_step(loss_d2v(v2, coll_v2), v2, args.batch * m, ema=True),
+        "  same, released text decoder (groups 1)": training_step(loss_d2v(v2_released, coll_v2), v2_released,
+                                                                  args.batch * m, ema=True),
         "HF RobertaForMaskedLM + MLM collator": training_step(loss_mlm, mlm, args.batch),
     }
     times: dict[str, list[float]] = {k: [] for k in rows}

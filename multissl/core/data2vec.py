@@ -254,7 +254,7 @@ class Data2Vec(nn.Module):
             pred = self.head(x[mask])
         else:
             full = scatter_kept(x, xpad[:, e:], keep, cfg.mask_noise_std)
-            pred = self.head(full, pad)[mask]
+            pred = self.head.proj(self.head.features(full, pad)[mask])  # project masked positions only
         target = y[mask]
         per_token = regression_loss(pred, target, cfg.loss_beta, cfg.loss_scale)
         loss = per_token.sum() / max(per_token.numel(), 1)

@@ -73,6 +73,10 @@ class Decoder1d(nn.Module):
         self.proj = projection(cfg.dim, embed_dim, cfg.projection_layers)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.features(x, padding_mask))
+
+    def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder features before ``proj``; the model projects only the masked positions."""
         x = self.dropout(x)
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
@@ -80,4 +84,4 @@ class Decoder1d(nn.Module):
         for conv in self.convs:
             h = F.gelu(F.layer_norm(conv(x).transpose(1, 2), (conv.out_channels,)).transpose(1, 2))
             x = x + h if self.cfg.residual and h.shape == x.shape else h
-        return self.proj(x.transpose(1, 2))
+        return x.transpose(1, 2)

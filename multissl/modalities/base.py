@@ -42,7 +42,9 @@ class Modality(ABC):
     def build_context(self, enc: EncoderConfig) -> nn.Module: ...
 
     def build_decoder(self, cfg: DecoderConfig, dim: int) -> nn.Module:
-        """The v2 decoder; 1-D convolutions over the token sequence unless the modality says otherwise."""
+        """The v2 decoder; 1-D convolutions over the token sequence unless the modality says otherwise.
+        It has ``features(x, padding_mask)`` over all positions and a ``proj`` module that the model
+        applies to the masked positions only."""
         return Decoder1d(cfg, dim)
 
     def ema_split(self, version: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
