@@ -212,14 +212,14 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
         if not run_dir.is_dir() or get_last_checkpoint(str(run_dir)) is None:
             raise RecipeError(f"--resume: no checkpoint-* folder in {run_dir}")
         _check_resumable(run_dir, recipe)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RecipeError(f"train.output_dir: {run_dir} exists and is not empty "
-                              "(pass --resume to continue it or --overwrite to replace it)")
-        shutil.rmtree(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise RecipeError(f"train.output_dir: {run_dir} exists and is not empty "
+                          "(pass --resume to continue it or --overwrite to replace it)")
     modality, model, dataset, collator, preprocessor = build_model(recipe)
     if resume:
-        _check_resumable(run_dir, recipe)
+        _check_resumable(run_dir, recipe)  # again, now that the data completed the adapter's settings
+    elif run_dir.exists() and overwrite:
+        shutil.rmtree(run_dir)  # only once the new run is known to start
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe.save(run_dir / RECIPE_FILE)
     if preprocessor is not None:
@@ -230,7 +230,11 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
     for cb in [EMACallback(trainer), health, MetricsFileCallback(), *(callbacks or [])]:
         trainer.add_callback(cb)
     trainer.train(resume_from_checkpoint=True if resume else None)
-    trainer.save_model(str(run_dir))
+    staging = run_dir / ".final"
+    trainer.save_model(str(staging))
+    for f in staging.iterdir():  # each file lands whole or not at all
+        os.replace(f, run_dir / f.name)
+    staging.rmdir()
     if health.message:
         raise CollapseError(f"{health.message}; checkpoint saved in {run_dir}. Lower train.lr, raise "
                             "method.ema.decay, or set health.action=warn to continue anyway.")

@@ -130,3 +130,11 @@ def test_ema_step_and_teacher_encoder():
     t = model.teacher_encoder()
     for a, b in zip(t.blocks.parameters(), model.encoder.blocks.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_teacher_runs_without_dropout_while_the_student_trains():
+    model = make().train()
+    ids = batch()
+    a, b = model.targets({"input_ids": ids}), model.targets({"input_ids": ids})
+    assert torch.equal(a, b)  # no dropout in the teacher pass
+    assert model.encoder.context.training and not model.teacher.training  # shared parts back in train mode
