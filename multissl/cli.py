@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
 
@@ -46,6 +47,45 @@ def _tokenizer(args: argparse.Namespace, rest: list[str]) -> None:
     tok = train_tokenizer(args.files, args.out, kind=args.kind, vocab_size=args.vocab_size,
                           min_frequency=args.min_frequency, overwrite=args.overwrite)
     print(f"{args.kind} tokenizer with {len(tok)} tokens saved in {args.out}")
+
+
+def _word2vec(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.word2vec.corpus import corpus_factory
+    from multissl.word2vec.io import save_vectors
+    from multissl.word2vec.train import Word2VecConfig, train_word2vec
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out}: output folder exists and is not empty (pass --overwrite)")
+    cfg = Word2VecConfig(sg=args.sg, dim=args.dim, window=args.window, negative=args.negative,
+                         min_count=args.min_count, max_vocab_size=args.max_vocab_size, sample=args.sample,
+                         alpha=args.alpha, min_alpha=args.min_alpha, epochs=args.epochs, seed=args.seed,
+                         workers=args.workers)
+    sentences, stats = corpus_factory(args.corpus, text_column=args.text_column, tokenizer=args.tokenizer)
+    result = train_word2vec(sentences, cfg)
+    if stats.get("invalid_utf8"):
+        logging.getLogger("multissl.word2vec").warning(
+            "%d lines with invalid UTF-8 bytes were read with replacement characters", stats["invalid_utf8"])
+    save_vectors(result, out, overwrite=args.overwrite)
+    s = result.stats
+    print(f"{len(result.vocab)} vectors of size {cfg.dim} in {out}: {s['words_per_second']:,.0f} words/s, "
+          f"loss per pair {s['loss_per_pair']:.4f}")
+
+
+def _word2vec_eval(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.word2vec.evaluate import evaluate_analogies, evaluate_pairs
+    from multissl.word2vec.io import load_vectors
+
+    if not args.pairs and not args.analogies:
+        raise ValueError("pass --pairs FILE and/or --analogies FILE")
+    vocab, vectors = load_vectors(args.vectors)
+    for path in args.pairs or []:
+        r = evaluate_pairs(vocab.words, vectors, path)
+        print(f"{path}: spearman {r['spearman']:.4f} on {r['pairs']} pairs ({r['oov_pairs']} out of vocabulary)")
+    if args.analogies:
+        r = evaluate_analogies(vocab.words, vectors, args.analogies, args.restrict_vocab)
+        print(f"{args.analogies}: accuracy {r['accuracy']:.4f} on {r['questions']} questions "
+              f"({r['skipped']} skipped)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -94,6 +134,34 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_tokenizer)
+    s = sub.add_parser("word2vec", help="train skip-gram or CBOW word vectors (gensim-compatible output)")
+    s.add_argument("corpus", nargs="+", help="text files or folders, or JSON lines / parquet files")
+    s.add_argument("--out", required=True)
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--sg", dest="sg", action="store_true", help="skip-gram")
+    mode.add_argument("--cbow", dest="sg", action="store_false", help="CBOW (the default, as in gensim)")
+    s.add_argument("--dim", type=int, default=100)
+    s.add_argument("--window", type=int, default=5)
+    s.add_argument("--negative", type=int, default=5)
+    s.add_argument("--min-count", type=int, default=5)
+    s.add_argument("--max-vocab-size", type=int, default=None)
+    s.add_argument("--sample", type=float, default=1e-3)
+    s.add_argument("--alpha", type=float, default=0.025)
+    s.add_argument("--min-alpha", type=float, default=1e-4)
+    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--text-column", default="text")
+    s.add_argument("--tokenizer", default=None, help="a tokenizer folder (default: lower-cased words)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=_word2vec, sg=False)
+
+    s = sub.add_parser("word2vec-eval", help="word-pair similarity and analogy accuracy of word vectors")
+    s.add_argument("vectors", help="a folder written by 'multissl word2vec'")
+    s.add_argument("--pairs", nargs="+", default=None, help="word-pair files (WordSim-353, SimLex-999, ...)")
+    s.add_argument("--analogies", default=None, help="a Google-format analogy file")
+    s.add_argument("--restrict-vocab", type=int, default=300_000)
+    s.set_defaults(func=_word2vec_eval)
     return p
 
 

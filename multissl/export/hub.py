@@ -10,7 +10,8 @@ log = logging.getLogger(__name__)
 
 def push(model_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False,
          endpoint: str | None = None, commit_message: str = "Upload encoder pretrained with multissl") -> str:
-    """Create ``repo_id`` if needed and upload ``model_dir`` (an ``multissl export`` folder) in one
+    """Create ``repo_id`` if needed and upload ``model_dir`` (a ``multissl export`` or ``multissl word2vec``
+    folder) in one
     commit; returns the commit URL. The token is passed to the client only, never logged.
 
     >>> push("out/t1", "my-org/my-text-encoder")  # doctest: +SKIP
@@ -18,9 +19,10 @@ def push(model_dir: str | Path, repo_id: str, token: str | None = None, private:
     from huggingface_hub import HfApi
 
     folder = Path(model_dir)
-    for needed in ("config.json", "README.md"):
-        if not (folder / needed).is_file():
-            raise FileNotFoundError(f"{folder}: no {needed}; push a folder written by 'multissl export'")
+    if not (folder / "README.md").is_file() or not any((folder / f).is_file() for f in
+                                                       ("config.json", "vectors.safetensors")):
+        raise FileNotFoundError(f"{folder}: no README.md with config.json or vectors.safetensors; push a folder "
+                                "written by 'multissl export' or 'multissl word2vec'")
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"repo_id {repo_id!r}: expected NAME or OWNER/NAME")
     api = HfApi(endpoint=endpoint, token=token)

@@ -49,5 +49,5 @@ def test_push_then_load_back_from_the_hub(hub, tmp_path, kjv_file, tokenizer_dir
 
 
 def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="no README.md"):
         push(tmp_path, "a/b", endpoint="http://127.0.0.1:9")
