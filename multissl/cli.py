@@ -41,6 +41,15 @@ def _probe(args: argparse.Namespace, rest: list[str]) -> None:
     print(format_table(results))
 
 
+def _audio_scan(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.data.audio import find_audio, scan, scan_report
+    from multissl.modalities.audio import AudioConfig
+
+    cfg = AudioConfig(sample_rate=args.sample_rate, min_samples=args.min_samples)
+    good, bad = scan(find_audio(",".join(args.paths), args.audio_column), cfg)
+    print(scan_report(good, bad, cfg.sample_rate))
+
+
 def _tokenizer(args: argparse.Namespace, rest: list[str]) -> None:
     from multissl.tokenizer import train_tokenizer
 
@@ -123,6 +132,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-samples", type=int, default=0, help="use at most this many rows (0: all)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_probe)
+
+    s = sub.add_parser("audio", help="speech data tools")
+    asub = s.add_subparsers(dest="audio_command", required=True)
+    a = asub.add_parser("scan", help="durations, sample rates, channels and unusable files of a speech corpus")
+    a.add_argument("paths", nargs="+", help="audio files, folders, manifests or datasets folders")
+    a.add_argument("--sample-rate", type=int, default=16000)
+    a.add_argument("--min-samples", type=int, default=0, help="shorter files count as unusable")
+    a.add_argument("--audio-column", default="audio")
+    a.set_defaults(func=_audio_scan)
 
     s = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = s.add_subparsers(dest="tokenizer_command", required=True)

@@ -48,6 +48,13 @@ class DataConfig:
     num_workers: int = 0
     """DataLoader worker processes (masks are made there)."""
 
+    audio_column: str = "audio"
+    """Column holding the audio (path or encoded bytes) in manifests and ``datasets`` folders."""
+
+    strict: bool = False
+    """Stop at the first unusable file (unreadable, empty, too short) instead of skipping it with a
+    warning. Also ``--strict``."""
+
     def validate(self, where: str = "data") -> None:
         if self.num_workers < 0:
             raise RecipeError(f"{where}.num_workers must be >= 0, got {self.num_workers}")

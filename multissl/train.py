@@ -57,7 +57,9 @@ def build_model(recipe: Recipe) -> tuple[Modality, Data2Vec, Any, Any, Any]:
     model = Data2Vec(modality, enc, recipe.method)
     if state is not None:
         missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+        # a mask embedding is per method (v1 has one, v2 none), not part of the imported encoder
         missing = [k for k in missing if not k.endswith("mask_embedding")]
+        unexpected = [k for k in unexpected if not k.endswith("mask_embedding")]
         if missing or unexpected:
             raise RecipeError(f"init_from: {recipe.init_from}: weights do not fit (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
@@ -107,6 +109,17 @@ class Data2VecTrainer(Trainer):
             logs["ema_decay"] = getattr(self, "ema_decay", float("nan"))
             self._sums, self._count = {}, 0
         super().log(logs, start_time)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # Datasets that declare ``lengths`` (audio) are batched by similar length to save padding.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=lengths)
 
     def _get_output_dir(self, trial: Any) -> str:
         return self._staging or super()._get_output_dir(trial)

@@ -54,3 +54,32 @@ def tiny_args(tmp_path, kjv_file, tokenizer_dir) -> list[str]:
     """Overrides that make recipes/text/tiny.yaml tiny and point it at the test corpus."""
     return [*TINY, "--data", str(kjv_file), "--tokenizer", str(tokenizer_dir),
             "--output_dir", str(tmp_path / "run")]
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory) -> Path:
+    """Real decoded speech: 40 King James verses spoken by espeak-ng voices (22.05 kHz wavs)."""
+    from tools.make_speech import verses
+
+    out = tmp_path_factory.mktemp("speech") / "verses"
+    verses(out, 40)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_labels(tmp_path_factory) -> Path:
+    """Labelled spoken digit words (labels.csv: path, label, voice) in 3 accents x 2 variants x 2 speeds."""
+    from tools.make_speech import digits
+
+    return digits(tmp_path_factory.mktemp("digits"), accents=("en-us", "en-gb", "en-029"), variants=("", "+f2"),
+                  speeds=(130, 180), pitches=(50,))
+
+
+TINY_AUDIO = [
+    "--encoder.dim", "32", "--encoder.depth", "2", "--encoder.heads", "4", "--encoder.ffn_dim", "64",
+    "--conv_dim", "[32, 32, 32, 32, 32, 32, 32]", "--pos_conv_groups", "4", "--pos_conv_depth", "2",
+    "--max_samples", "16000", "--top_k", "2", "--decoder.layers", "2", "--decoder.dim", "32",
+    "--decoder.groups", "4", "--batch_size", "4", "--clones", "2", "--logging_steps", "2", "--save_steps", "3",
+    "--report_to", "none", "--lr", "1e-3", "--warmup_steps", "0", "--health.check_after", "0",
+    "--health.min_target_var", "0", "--health.min_pred_var", "0",
+]

@@ -4,7 +4,7 @@ import pytest
 
 from multissl.config import load_recipe
 from multissl.export.hf import export
-from multissl.probe import format_table, probe, read_table
+from multissl.probe import accuracy, format_table, probe, read_table
 from multissl.train import pretrain
 from tests.conftest import TINY
 
@@ -19,13 +19,15 @@ def test_probe_reports_pretrained_random_and_majority(tmp_path, kjv_rows, kjv_fi
         for r in kjv_rows[::40]:
             fh.write(json.dumps({"text": r["text"], "label": r["testament"]}) + "\n")
     results = probe(out, data, label_column="label", test_size=0.3, seed=0)
-    names = [r["model"] for r in results]
-    assert names == ["pretrained", "random init", "majority class"]
+    names = [(r["model"], r["features"]) for r in results]
+    assert names == [("pretrained", "last layer"), ("pretrained", "layer-weighted"), ("random init", "last layer"),
+                     ("random init", "layer-weighted"), ("majority class", "-")]
     n = len(kjv_rows[::40])
     assert all(r["n_train"] + r["n_test"] == n for r in results)
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results)
-    assert results[2]["accuracy"] == pytest.approx(0.75, abs=0.05)  # OT verses are about 3/4 of the Bible
-    assert results[0]["accuracy"] != results[1]["accuracy"]  # two different feature sets were probed
+    assert accuracy(results, "majority class") == pytest.approx(0.75, abs=0.05)  # OT is about 3/4 of the Bible
+    assert accuracy(results, "pretrained") != accuracy(results, "random init")  # two feature sets were probed
+    assert all(0 <= r["top_layer"] <= 3 for r in results if r["features"] == "layer-weighted")
     assert "pretrained" in format_table(results)
 
 

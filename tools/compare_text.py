@@ -49,7 +49,7 @@ def main() -> None:
     from multissl.config import load_recipe
     from multissl.export.hf import export
     from multissl.modalities.text import load_tokenizer
-    from multissl.probe import probe
+    from multissl.probe import accuracy, probe
     from multissl.tokenizer import train_tokenizer
     from multissl.train import build_model, pretrain
     from tools.demo import split_corpus
@@ -105,7 +105,8 @@ def main() -> None:
 
         for name, model_dir, steps in [*runs, ("HF RobertaForMaskedLM", mlm_dir, clock.steps)]:
             res = probe(model_dir, labelled, label_column="section", test_size=0.25, seed=seed)
-            results.append((name, seed, steps, res[0]["accuracy"], res[1]["accuracy"], res[2]["accuracy"]))
+            results.append((name, seed, steps, accuracy(res, "pretrained"), accuracy(res, "random init"),
+                            accuracy(res, "majority class")))
 
     print(f"\nequal wall-clock: {args.budget:.0f} s of training per method and seed, "
           f"{torch.get_num_threads()} threads; probe: 6-way section of held-out verses")

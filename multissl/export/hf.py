@@ -56,7 +56,7 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
     hf_model = AutoModel.from_config(hf_cfg)
     state = modality.to_hf_state_dict(encoder.state_dict(), recipe.encoder)
     missing, unexpected = hf_model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("pooler.")]
+    missing = [k for k in missing if not k.startswith(modality.hf_untrained)]
     if missing or unexpected:
         raise ParityError(f"HF {type(hf_model).__name__} does not fit: missing {missing[:4]}, "
                           f"unexpected {unexpected[:4]}")

@@ -31,6 +31,8 @@ class Modality(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type]
     num_extra_tokens: int = 0
+    hf_untrained: tuple[str, ...] = ("pooler.",)
+    """HF parameter prefixes that pretraining does not produce (left at the HF initialisation)."""
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
