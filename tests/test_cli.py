@@ -37,3 +37,27 @@ def test_full_cli_path(tmp_path, kjv_file, tokenizer_dir, kjv_rows, capsys):
 def test_module_entry_point(args):
     out = subprocess.run([sys.executable, "-m", "multissl", *args], capture_output=True, text=True)
     assert out.returncode == 0 and "usage: multissl" in out.stdout
+
+
+def test_audio_cli_scan_strict_pretrain_export_probe(tmp_path, speech_dir, digits_labels, capsys):
+    import shutil
+
+    from tests.conftest import TINY_AUDIO
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(speech_dir, corpus)
+    (corpus / "broken.flac").write_bytes(b"fLaC" + bytes(100))
+    assert main(["audio", "scan", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    assert "usable files: 40   skipped: 1" in out and "broken.flac: unreadable" in out and "22050 Hz x40" in out
+
+    args = ["pretrain", "recipes/audio/tiny.yaml", *TINY_AUDIO, "--data", str(corpus), "--max_steps", "2"]
+    assert main([*args, "--output_dir", str(tmp_path / "strict"), "--strict"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "broken.flac" in err and "data.strict" in err
+    assert main([*args, "--output_dir", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+    assert main(["probe", str(tmp_path / "out"), "--data", str(digits_labels), "--label-column", "label",
+                 "--input-column", "path"]) == 0
+    table = capsys.readouterr().out
+    assert "layer-weighted" in table and "majority class" in table

@@ -1,10 +1,10 @@
-"""The main job, end to end on real text: train a tokenizer on the King James Bible shipped in data/,
-pretrain the tiny data2vec text recipe for a few minutes, export it as a Hugging Face model,
-reload it with AutoModel, probe it against the same architecture at random init on a labelled task
-(which of the six sections of the Bible a held-out verse comes from), print a table and draw the
-loss and health curves.
+"""The main job, end to end. Text: train a tokenizer on the King James Bible shipped in data/,
+pretrain the tiny data2vec text recipe for a few minutes, export it as a Hugging Face model, reload it
+with AutoModel, probe it against the same architecture at random init on a labelled task (which of the
+six sections of the Bible a held-out verse comes from), draw the loss and health curves. Speech: the
+same with the tiny speech recipe on verses spoken by espeak-ng, probed on spoken digit words.
 
-    python tools/demo.py --out runs/demo [--max-steps 600]
+    python tools/demo.py --out runs/demo [--max-steps 600] [--only text|speech]
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import argparse
 import gzip
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tools.make_speech
 
 
 def split_corpus(out: Path) -> tuple[Path, Path]:
@@ -54,7 +56,7 @@ def plot(run_dir: Path, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main() -> None:
+def text_part(out: Path, max_steps: int | None) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -64,25 +66,18 @@ def main() -> None:
     from multissl.tokenizer import train_tokenizer
     from multissl.train import load_run, pretrain
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--max-steps", type=int, default=None, help="default: the tiny recipe's")
-    args = p.parse_args()
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
     t0 = time.time()
     corpus, labelled = split_corpus(out)
-    print(f"[1/5] corpus: {sum(1 for _ in open(corpus))} verses; probe set: {sum(1 for _ in open(labelled))}")
+    print(f"[text 1/5] corpus: {sum(1 for _ in open(corpus))} verses; probe set: {sum(1 for _ in open(labelled))}")
     train_tokenizer([corpus], out / "tokenizer", kind="bpe", vocab_size=8000)
-    print("[2/5] BPE tokenizer trained (8000 tokens)")
+    print("[text 2/5] BPE tokenizer trained (8000 tokens)")
     overrides = ["--data", str(corpus), "--tokenizer", str(out / "tokenizer"), "--output_dir", str(out / "run"),
                  "--report_to", "tensorboard", "--card.datasets", "bible-kjv", "--card.language", "en"]
-    if args.max_steps:
-        overrides += ["--max_steps", str(args.max_steps)]
+    if max_steps:
+        overrides += ["--max_steps", str(max_steps)]
     recipe = load_recipe(ROOT / "recipes" / "text" / "tiny.yaml", overrides)
     run_dir = pretrain(recipe)
-    print(f"[3/5] pretrained {recipe.train.max_steps} updates in {time.time() - t0:.0f} s")
+    print(f"[text 3/5] pretrained {recipe.train.max_steps} updates in {time.time() - t0:.0f} s")
     model_dir = export(run_dir, out / "export")
     model = AutoModel.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -94,13 +89,72 @@ def main() -> None:
         ours, _ = encoder({"input_ids": batch["input_ids"]})
     valid = batch["attention_mask"].bool()
     diff = max(float((a - b)[valid].abs().max()) for a, b in zip(ours, hf, strict=True))
-    print(f"[4/5] exported to {model_dir} as {type(model).__name__}; "
+    print(f"[text 4/5] exported to {model_dir} as {type(model).__name__}; "
           f"AutoModel vs multissl max abs diff {diff:.1e}")
     results = probe(model_dir, labelled, label_column="section", test_size=0.25, seed=0)
-    print("[5/5] linear probe: which section of the Bible a held-out verse is from (6 classes)")
+    print("[text 5/5] probe: which section of the Bible a held-out verse is from (6 classes)")
     print(format_table(results))
     plot(run_dir, out / "curves.png")
     print(f"curves: {out / 'curves.png'}   TensorBoard: tensorboard --logdir {run_dir}")
+
+
+def speech_part(out: Path, max_steps: int | None) -> None:
+    """Spoken verses (espeak-ng) to pretrain on; spoken digit words in unseen voices to probe."""
+    import torch
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    from multissl.config import load_recipe
+    from multissl.data.audio import read_audio
+    from multissl.export.hf import export
+    from multissl.probe import format_table, probe
+    from multissl.train import load_run, pretrain
+    from tools.make_speech import VARIANTS, digits, verses
+
+    t0 = time.time()
+    probe_variants = ("+m3", "+klatt")
+    files = verses(out / "verses", 400, variants=tuple(v for v in VARIANTS if v not in probe_variants))
+    labelled = digits(out / "digits", variants=probe_variants)
+    print(f"[speech 1/4] synthesised {len(files)} spoken verses to pretrain on and "
+          f"{sum(1 for _ in open(labelled)) - 1} spoken digit words in other voices to probe")
+    overrides = ["--data", str(out / "verses"), "--output_dir", str(out / "run"), "--report_to", "tensorboard",
+                 "--card.language", "en"]
+    if max_steps:
+        overrides += ["--max_steps", str(max_steps)]
+    recipe = load_recipe(ROOT / "recipes" / "audio" / "tiny.yaml", overrides)
+    run_dir = pretrain(recipe)
+    print(f"[speech 2/4] pretrained {recipe.train.max_steps} updates in {time.time() - t0:.0f} s")
+    model_dir = export(run_dir, out / "export")
+    model = AutoModel.from_pretrained(model_dir).eval()
+    fe = AutoFeatureExtractor.from_pretrained(model_dir)
+    _, _, encoder = load_run(run_dir)
+    wavs = [read_audio(f) for f in files[:2]]
+    batch = fe(wavs, sampling_rate=16000, padding=True, return_attention_mask=True, return_tensors="pt")
+    with torch.no_grad():
+        hf = model(**batch, output_hidden_states=True).hidden_states
+        ours, pad = encoder(dict(batch))
+    diff = max(float((a - b)[~pad].abs().max()) for a, b in zip(ours, hf, strict=True))
+    print(f"[speech 3/4] exported to {model_dir} as {type(model).__name__}; "
+          f"AutoModel vs multissl max abs diff {diff:.1e}")
+    results = probe(model_dir, labelled, label_column="label", input_column="path", test_size=0.25, seed=0)
+    print("[speech 4/4] probe: which of 10 spoken digit words (voices unseen in pretraining)")
+    print(format_table(results))
+    plot(run_dir, out / "curves.png")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--max-steps", type=int, default=None, help="default: the tiny recipes'")
+    p.add_argument("--only", choices=["text", "speech"], default=None)
+    args = p.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.time()
+    if args.only in (None, "text"):
+        text_part(out / "text", args.max_steps)
+    if args.only in (None, "speech"):
+        speech_part(out / "speech", args.max_steps)
     print(f"done in {time.time() - t0:.0f} s")
 
 

@@ -38,12 +38,12 @@ def _run(jobs: list[tuple[str, Path, str, int, int]], workers: int = 4) -> None:
         list(pool.map(lambda j: say(*j), jobs))
 
 
-def verses(out: Path, n: int = 200, start: int = 0) -> list[Path]:
+def verses(out: Path, n: int = 200, start: int = 0, variants: tuple[str, ...] = VARIANTS) -> list[Path]:
     """``n`` King James verses (every 13th from ``start``), each spoken by one of the voices."""
     with gzip.open(ROOT / "data" / "kjv.jsonl.gz", "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh][start::13][:n]
     out.mkdir(parents=True, exist_ok=True)
-    voices = [a + v for v in VARIANTS for a in ACCENTS]
+    voices = [a + v for v in variants for a in ACCENTS]
     jobs = [(r["text"], out / f"verse{i:05d}.wav", voices[i % len(voices)], 140 + 10 * (i % 5), 35 + 5 * (i % 7))
             for i, r in enumerate(rows)]
     _run(jobs)

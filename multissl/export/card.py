@@ -54,8 +54,7 @@ def model_card(recipe: Recipe, hf_class: str, which: str, metrics: dict[str, Any
         f'tokenizer = AutoTokenizer.from_pretrained("{name}")' if recipe.modality == "text"
         else f'processor = AutoProcessor.from_pretrained("{name}")',
         "```", "",
-        "The pooler, if the class has one, was not trained: use the hidden states (for example "
-        "mean-pooled) or fine-tune.", "",
+        *_modality_notes(recipe), "",
         "## Pretraining", "",
         f"- objective: data2vec v{recipe.method.version}, top-{recipe.method.top_k} teacher layers, "
         f"{recipe.mask.kind} masking at {recipe.mask.prob}, {recipe.method.clones} clone(s) per sample",
@@ -64,6 +63,21 @@ def model_card(recipe: Recipe, hf_class: str, which: str, metrics: dict[str, Any
         "", "Recipe:", "", "```yaml", recipe_yaml, "```", "",
     ]
     return "\n".join(lines)
+
+
+def _modality_notes(recipe: Recipe) -> list[str]:
+    """What a user of this kind of encoder needs to know beyond loading it."""
+    if recipe.modality == "audio":
+        rate = recipe.adapter.get("sample_rate", 16000)
+        notes = [f"Inputs are raw {rate} Hz mono waveforms; the processor normalises each utterance and "
+                 "returns the attention mask. Fine-tune for speech recognition with "
+                 "`Data2VecAudioForCTC.from_pretrained(name, vocab_size=...)` (a new CTC head)."]
+        if not recipe.adapter.get("mask_embedding"):
+            notes.append("`masked_spec_embed` (the SpecAugment vector used when fine-tuning) was not trained "
+                         "(data2vec 2.0 drops masked frames instead).")
+        return notes
+    return ["The pooler, if the class has one, was not trained: use the hidden states (for example "
+            "mean-pooled) or fine-tune."]
 
 
 def _public(d: dict[str, Any]) -> dict[str, Any]:

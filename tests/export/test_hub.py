@@ -51,3 +51,24 @@ def test_push_then_load_back_from_the_hub(hub, tmp_path, kjv_file, tokenizer_dir
 def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
     with pytest.raises(FileNotFoundError, match="no README.md"):
         push(tmp_path, "a/b", endpoint="http://127.0.0.1:9")
+
+
+def test_push_a_speech_encoder_and_load_it_with_its_feature_extractor(hub, tmp_path, speech_dir):
+    from transformers import AutoFeatureExtractor
+
+    from multissl.data.audio import read_audio
+    from tests.conftest import TINY_AUDIO
+
+    recipe = load_recipe("recipes/audio/tiny.yaml", [*TINY_AUDIO, "--data", str(speech_dir), "--output_dir",
+                                                     str(tmp_path / "run"), "--max_steps", "2"])
+    out = export(pretrain(recipe), tmp_path / "out")
+    push(out, "my-org/tiny-speech", token=TOKEN, endpoint=hub.url)
+    card = hub.repos["my-org/tiny-speech"]["README.md"].decode()
+    assert "Data2VecAudioForCTC" in card and "masked_spec_embed" in card
+    model = AutoModel.from_pretrained("my-org/tiny-speech", cache_dir=tmp_path / "cache").eval()
+    fe = AutoFeatureExtractor.from_pretrained("my-org/tiny-speech", cache_dir=tmp_path / "cache")
+    wav = read_audio(sorted(speech_dir.glob("*.wav"))[0])
+    batch = fe([wav], sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).last_hidden_state,
+                                   AutoModel.from_pretrained(out).eval()(**batch).last_hidden_state, rtol=0, atol=0)
