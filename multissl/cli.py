@@ -71,7 +71,12 @@ def _word2vec(args: argparse.Namespace, rest: list[str]) -> None:
                          alpha=args.alpha, min_alpha=args.min_alpha, epochs=args.epochs, seed=args.seed,
                          workers=args.workers)
     sentences, stats = corpus_factory(args.corpus, text_column=args.text_column, tokenizer=args.tokenizer)
-    result = train_word2vec(sentences, cfg)
+    if args.device == "cuda":
+        from multissl.word2vec.gpu import train_word2vec_gpu
+
+        result = train_word2vec_gpu(sentences, cfg)
+    else:
+        result = train_word2vec(sentences, cfg)
     if stats.get("invalid_utf8"):
         logging.getLogger("multissl.word2vec").warning(
             "%d lines with invalid UTF-8 bytes were read with replacement characters", stats["invalid_utf8"])
@@ -167,7 +172,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, default=0.025)
     s.add_argument("--min-alpha", type=float, default=1e-4)
     s.add_argument("--epochs", type=int, default=5)
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--workers", type=int, default=2, help="CPU threads")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the GPU kernels")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--text-column", default="text")
     s.add_argument("--tokenizer", default=None, help="a tokenizer folder (default: lower-cased words)")

@@ -4,7 +4,10 @@ sample 1e-3, 5 epochs), skip-gram and CBOW. Reports raw corpus words per second 
 vocabulary is built before the clock starts, for both), WordSim-353 and SimLex-999 Spearman (from
 gensim's test data), and each run's peak memory (each run is its own process).
 
-    python tools/bench_word2vec.py [--epochs 5] [--workers 2]
+With ``--cuda`` it adds multissl on the GPU (warp-per-pair-slice kernels), reported against gensim in
+the same run, and ``--gensim-workers`` adds gensim rows with more threads for reference.
+
+    python tools/bench_word2vec.py [--epochs 5] [--workers 2] [--cuda] [--gensim-workers 16]
 """
 
 from __future__ import annotations
@@ -42,6 +45,19 @@ def one(lib: str, sg: bool, epochs: int, workers: int) -> dict:
         model.train(sentences, total_examples=len(sentences), epochs=epochs)
         seconds = time.perf_counter() - t
         vocab_words, vectors = model.wv.index_to_key, model.wv.vectors
+    elif lib == "multissl-cuda":
+        import torch
+
+        from multissl.word2vec.gpu import train_word2vec_gpu
+
+        cfg = Word2VecConfig(sg=sg, epochs=epochs)
+        vocab = build_vocab(sentences, cfg.min_count)
+        train_word2vec_gpu(lambda: sentences[:200], Word2VecConfig(sg=sg, epochs=1, min_count=1), progress=False)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        result = train_word2vec_gpu(lambda: sentences, cfg, vocab=vocab, progress=False)
+        seconds = time.perf_counter() - t
+        vocab_words, vectors = result.vocab.words, result.vectors
     else:
         cfg = Word2VecConfig(sg=sg, epochs=epochs, workers=workers)
         vocab = build_vocab(sentences, cfg.min_count)
@@ -55,33 +71,47 @@ def one(lib: str, sg: bool, epochs: int, workers: int) -> dict:
     sl = evaluate_pairs(vocab_words, vectors, os.path.join(data, "simlex999.txt"))
     return {"words_per_second": words / seconds, "seconds": seconds, "wordsim": ws["spearman"],
             "wordsim_pairs": ws["pairs"], "simlex": sl["spearman"], "simlex_pairs": sl["pairs"],
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mb": _gpu_mb()}
+
+
+def _gpu_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cuda", action="store_true", help="add multissl on the GPU")
+    p.add_argument("--gensim-workers", type=int, nargs="*", default=[], help="extra gensim rows with these threads")
     p.add_argument("--one", nargs=2, metavar=("LIB", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1] == "sg", args.epochs, args.workers)))
         return
+    runs = [("gensim", args.workers), ("multissl", args.workers)] + [("gensim", w) for w in args.gensim_workers]
+    if args.cuda:
+        runs.append(("multissl-cuda", 0))
     rows = []
     for mode in ("sg", "cbow"):
-        for lib in ("gensim", "multissl"):
+        for lib, workers in runs:
             out = subprocess.run([sys.executable, __file__, "--one", lib, mode, "--epochs", str(args.epochs),
-                                  "--workers", str(args.workers)], capture_output=True, text=True, check=True)
-            rows.append((mode, lib, json.loads(out.stdout.strip().splitlines()[-1])))
-    print(f"King James Bible, {args.epochs} epochs, {args.workers} workers, dim 100, window 5, negative 5, "
-          "min_count 5; WordSim-353 / SimLex-999 pairs with both words in the vocabulary")
-    print(f"{'mode':<5} {'library':<9} {'words/s':>10} {'x gensim':>9} {'WordSim':>8} {'SimLex':>7} {'peak MB':>8}")
+                                  "--workers", str(workers)], capture_output=True, text=True, check=True)
+            name = f"{lib} ({workers})" if workers else lib
+            rows.append((mode, name, json.loads(out.stdout.strip().splitlines()[-1])))
+    print(f"King James Bible, {args.epochs} epochs, dim 100, window 5, negative 5, min_count 5 (threads in "
+          "brackets); x gensim: against gensim with --workers; WordSim-353 / SimLex-999 pairs with both words "
+          "in the vocabulary")
+    print(f"{'mode':<5} {'library':<16} {'words/s':>12} {'x gensim':>9} {'WordSim':>8} {'SimLex':>7} {'peak MB':>8} "
+          f"{'GPU MB':>7}")
     ref = {}
     for mode, lib, r in rows:
         ref.setdefault(mode, r)
         ratio = r["words_per_second"] / ref[mode]["words_per_second"]
-        print(f"{mode:<5} {lib:<9} {r['words_per_second']:>10,.0f} {ratio:>9.2f} "
-              f"{r['wordsim']:>8.3f} {r['simlex']:>7.3f} {r['peak_mb']:>8.0f}")
+        print(f"{mode:<5} {lib:<16} {r['words_per_second']:>12,.0f} {ratio:>9.2f} "
+              f"{r['wordsim']:>8.3f} {r['simlex']:>7.3f} {r['peak_mb']:>8.0f} {r['gpu_mb']:>7.0f}")
     print(f"pairs scored: WordSim {rows[0][2]['wordsim_pairs']}, SimLex {rows[0][2]['simlex_pairs']}")
 
 

@@ -8,6 +8,7 @@ slower on a CPU. Defaults are gensim's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -201,21 +202,28 @@ def _seed(seed):  # pragma: no cover (compiled)
 
 
 def _chunks(sentences: Iterable[list[str]], vocab: Vocab, chunk_words: int):
-    """(token ids, sentence offsets, raw words) per job of about ``chunk_words`` raw words."""
-    ids: list[int] = []
-    offsets = [0]
+    """(token ids, sentence offsets, raw words) per job of about ``chunk_words`` raw words; words
+    out of the vocabulary are dropped. Encoding is one pass of C-level dict lookups per job."""
+    lookup = vocab.lookup.__getitem__
+    batch: list[list[str]] = []
     raw = 0
     for sentence in sentences:
-        enc = vocab.encode(sentence)
+        batch.append(sentence)
         raw += len(sentence)
-        if enc:
-            ids += enc
-            offsets.append(len(ids))
         if raw >= chunk_words:
-            yield np.array(ids, dtype=np.int64), np.array(offsets, dtype=np.int64), raw
-            ids, offsets, raw = [], [0], 0
+            yield _encode(batch, lookup, raw)
+            batch, raw = [], 0
     if raw:
-        yield np.array(ids, dtype=np.int64), np.array(offsets, dtype=np.int64), raw
+        yield _encode(batch, lookup, raw)
+
+
+def _encode(batch: list[list[str]], lookup: Callable[[str], int], raw: int) -> tuple[np.ndarray, np.ndarray, int]:
+    flat = np.fromiter(map(lookup, itertools.chain.from_iterable(batch)), dtype=np.int64, count=raw)
+    lengths = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
+    known = flat >= 0
+    owner = np.repeat(np.arange(len(batch)), lengths)
+    kept = np.bincount(owner[known], minlength=len(batch))
+    return flat[known], np.r_[0, np.cumsum(kept)].astype(np.int64), raw
 
 
 def train_word2vec(

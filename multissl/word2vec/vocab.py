@@ -22,6 +22,13 @@ def simple_tokenize(line: str) -> list[str]:
     return WORD.findall(line.lower())
 
 
+class _Lookup(dict):
+    """word -> id, and -1 for a word out of the vocabulary (without storing it)."""
+
+    def __missing__(self, key: str) -> int:
+        return -1
+
+
 @dataclass
 class Vocab:
     """Words sorted by decreasing count, with their counts."""
@@ -33,6 +40,7 @@ class Vocab:
 
     def __post_init__(self) -> None:
         self.index = {w: i for i, w in enumerate(self.words)}
+        self.lookup = _Lookup(self.index)
 
     def __len__(self) -> int:
         return len(self.words)

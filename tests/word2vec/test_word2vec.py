@@ -121,3 +121,72 @@ def test_cli_with_bad_input(tmp_path, kjv_file, capsys):
     pairs = os.path.join(GENSIM_DATA, "wordsim353.tsv")
     assert main(["word2vec-eval", str(out), "--pairs", pairs]) == 0
     assert "spearman" in capsys.readouterr().out
+
+
+def test_gpu_kernels_equal_the_sequential_algorithm_in_the_cuda_simulator():
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    text = ["in the beginning god created the heaven", "and the earth was without form"]
+    out = subprocess.run([sys.executable, "-m", "tests.word2vec.sim_kernels", *text], env=env, capture_output=True,
+                         text=True, timeout=600, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    d0, d1, loss, ref_loss = r["sg"]
+    assert d0 < 1e-6 and d1 < 1e-6 and abs(loss - ref_loss) < 1e-3 * ref_loss
+    d0, d1, loss, ref_loss, centres = r["cbow"]
+    assert d0 < 1e-6 and d1 < 1e-6 and abs(loss - ref_loss) < 1e-3 * ref_loss and centres == 9
+    train = r["train"]
+    # 11 distinct words; sentences of 7 and 6 words, window 5 shrunk at random: at least the adjacent
+    # pairs (2 * (6 + 5)), at most every pair within distance 5 (2 * (20 + 15))
+    assert train["shape"] == [11, 8] and train["finite"] and 22 <= train["pairs"] <= 70
+    assert 3.0 < train["loss"] < 5.0  # about 6 * log(2) for untrained output vectors
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, kjv_file, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the error is for machines without one")
+    assert main(["word2vec", str(kjv_file), "--out", str(tmp_path / "v"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no CUDA device" in err
+
+
+def test_tokenizer_input_end_to_end(tmp_path, kjv_file, tokenizer_dir, capsys):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "vec"
+    assert main(["word2vec", str(kjv_file), "--out", str(out), "--tokenizer", str(tokenizer_dir), "--sg",
+                 "--epochs", "1", "--dim", "16", "--min-count", "2"]) == 0
+    vocab, vectors = load_vectors(out)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    pieces = tok.tokenize("In the beginning God created the heaven and the earth.")
+    assert set(pieces) <= set(vocab.words)  # the vectors are for the tokenizer's pieces
+    assert set(vocab.words) <= set(tok.get_vocab())
+    kv = KeyedVectors.load_word2vec_format(str(out / "vectors.bin"), binary=True)
+    np.testing.assert_array_equal(kv[pieces[0]], vectors[vocab.index[pieces[0]]])
+
+
+def test_push_vectors_folder(tmp_path, kjv_file, monkeypatch):
+    import huggingface_hub.constants as c
+    from huggingface_hub import hf_hub_download
+
+    from multissl.export.hub import push
+    from tests.export.hub_fake import FakeHub
+
+    out = tmp_path / "vec"
+    assert main(["word2vec", str(kjv_file), "--out", str(out), "--epochs", "1", "--dim", "12"]) == 0
+    with FakeHub() as hub:
+        monkeypatch.setattr(c, "ENDPOINT", hub.url)
+        monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        push(out, "me/kjv-vectors", token="hf_x", endpoint=hub.url)
+        assert sorted(hub.repos["me/kjv-vectors"]) == sorted(p.name for p in out.iterdir())
+        card = hub.repos["me/kjv-vectors"]["README.md"].decode()
+        assert "word2vec" in card.lower()
+        path = hf_hub_download("me/kjv-vectors", "vectors.bin", cache_dir=tmp_path / "cache")
+    kv = KeyedVectors.load_word2vec_format(path, binary=True)
+    vocab, vectors = load_vectors(out)
+    np.testing.assert_array_equal(kv[vocab.words[3]], vectors[3])
