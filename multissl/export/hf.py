@@ -5,14 +5,13 @@ then renamed into place."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from multissl.export.card import last_metrics, model_card
+from multissl.staging import staged_folder
 from multissl.train import PREPROCESSOR_DIR, load_run
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,7 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
     if missing or unexpected:
         raise ParityError(f"HF {type(hf_model).__name__} does not fit: missing {missing[:4]}, "
                           f"unexpected {unexpected[:4]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         hf_model.save_pretrained(tmp)
         preprocessor = None
         pre_dir = run_dir / PREPROCESSOR_DIR
@@ -75,9 +72,4 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
         log.info("export parity: max abs difference %.2e over all hidden states", diff)
         card = model_card(recipe, type(reloaded).__name__, which, last_metrics(run_dir), out.name)
         (tmp / "README.md").write_text(card)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

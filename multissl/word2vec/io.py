@@ -5,14 +5,12 @@ settings and a model card. Folders are written to a temporary path and renamed."
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from multissl.staging import staged_folder
 from multissl.word2vec.train import Word2VecResult
 from multissl.word2vec.vocab import Vocab
 
@@ -60,9 +58,7 @@ def save_vectors(result: Word2VecResult, out: str | Path, overwrite: bool = Fals
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: output folder exists and is not empty (pass --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         words = result.vocab.words
         save_word2vec_format(tmp / "vectors.txt", words, result.vectors)
         save_word2vec_format(tmp / "vectors.bin", words, result.vectors, binary=True)
@@ -74,11 +70,6 @@ def save_vectors(result: Word2VecResult, out: str | Path, overwrite: bool = Fals
                 "total_words": result.vocab.total_words}
         (tmp / "word2vec.json").write_text(json.dumps(meta, indent=2))
         (tmp / "README.md").write_text(card if card is not None else vectors_card(result, out.name))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
