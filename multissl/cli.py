@@ -37,7 +37,7 @@ def _probe(args: argparse.Namespace, rest: list[str]) -> None:
     from multissl.probe import format_table, probe
 
     results = probe(args.model_dir, args.data, label_column=args.label_column, input_column=args.input_column,
-                    test_size=args.test_size, seed=args.seed, max_samples=args.max_samples)
+                    test_size=args.test_size, seed=args.seed, max_samples=args.max_samples, pool=args.pool, k=args.k)
     print(format_table(results))
 
 
@@ -128,13 +128,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
     s.set_defaults(func=_push)
 
-    s = sub.add_parser("probe", help="logistic-regression probe of frozen features vs random init")
+    s = sub.add_parser("probe", help="linear, k-NN and layer-weighted probes of frozen features vs random init")
     s.add_argument("model_dir")
     s.add_argument("--data", required=True, help="labelled JSON lines / CSV / parquet file")
     s.add_argument("--label-column", required=True)
     s.add_argument("--input-column", default="text")
     s.add_argument("--test-size", type=float, default=0.25)
     s.add_argument("--max-samples", type=int, default=0, help="use at most this many rows (0: all)")
+    s.add_argument("--pool", choices=["mean", "cls"], default="mean", help="images: mean of patches or CLS")
+    s.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probe")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_probe)
 

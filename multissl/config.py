@@ -51,6 +51,9 @@ class DataConfig:
     audio_column: str = "audio"
     """Column holding the audio (path or encoded bytes) in manifests and ``datasets`` folders."""
 
+    image_column: str = "image"
+    """Column holding the image (path or encoded bytes) in ``datasets`` folders."""
+
     strict: bool = False
     """Stop at the first unusable file (unreadable, empty, too short) instead of skipping it with a
     warning. Also ``--strict``."""

@@ -72,17 +72,42 @@ def audio_features(model: torch.nn.Module, extractor: Any, paths: list[str], bat
     return np.concatenate(rows)
 
 
-def load_features_backend(model_dir: str | Path) -> tuple[Any, Featurizer]:
-    """(preprocessor, featurizer) for an exported folder, chosen by the preprocessor it holds."""
-    from transformers import AutoFeatureExtractor, AutoTokenizer
+@torch.no_grad()
+def image_features(model: torch.nn.Module, processor: Any, paths: list[str], batch_size: int = 64,
+                   pool: str = "mean") -> np.ndarray:
+    """Every hidden state pooled: the mean over patches, or the CLS token (``pool="cls"``):
+    (images, layers + 1, D)."""
+    from multissl.data.vision import Picture
 
-    if (Path(model_dir) / "tokenizer_config.json").is_file():
+    rows = []
+    for i in range(0, len(paths), batch_size):
+        images = [Picture(p).open() for p in paths[i:i + batch_size]]
+        states = model(**processor(images, return_tensors="pt"), output_hidden_states=True).hidden_states
+        if pool == "cls":
+            rows.append(torch.stack([h[:, 0] for h in states], 1).numpy())
+        else:
+            rows.append(torch.stack([h[:, 1:].mean(1) for h in states], 1).numpy())
+    return np.concatenate(rows)
+
+
+def load_features_backend(model_dir: str | Path, pool: str = "mean") -> tuple[Any, Featurizer]:
+    """(preprocessor, featurizer) for an exported folder, chosen by the preprocessor it holds."""
+    import json
+
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+    folder = Path(model_dir)
+    if (folder / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(model_dir), text_features
-    if (Path(model_dir) / "preprocessor_config.json").is_file():
+    if (folder / "preprocessor_config.json").is_file():
+        config = json.loads((folder / "preprocessor_config.json").read_text())
+        if "image_processor_type" in config:
+            proc = AutoImageProcessor.from_pretrained(model_dir)
+            return proc, lambda m, p, x: image_features(m, p, x, pool=pool)
         fe = AutoFeatureExtractor.from_pretrained(model_dir)
         if getattr(fe, "sampling_rate", None):
             return fe, audio_features
-    raise FileNotFoundError(f"{model_dir}: no tokenizer_config.json or audio preprocessor_config.json")
+    raise FileNotFoundError(f"{model_dir}: no tokenizer_config.json or audio/image preprocessor_config.json")
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
@@ -100,6 +125,26 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     clf.fit(train_x, train_y)
     return float(clf.score(test_x, test_y))
+
+
+def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+              k: int = 20) -> float:
+    """Accuracy of a k-nearest-neighbour vote by cosine similarity (each neighbour weighted by its
+    similarity, ties to the first class).
+
+    >>> x = np.r_[np.ones((5, 2)), -np.ones((5, 2))]; y = np.r_[np.zeros(5), np.ones(5)]
+    >>> knn_probe(x, y, x, y, k=3)
+    1.0
+    """
+    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True).clip(1e-12)
+    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True).clip(1e-12)
+    sims = b @ a.T
+    k = min(k, len(a))
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    classes, codes = np.unique(train_y, return_inverse=True)
+    votes = np.zeros((len(b), len(classes)))
+    np.add.at(votes, (np.repeat(np.arange(len(b)), k), codes[top].ravel()), np.take_along_axis(sims, top, 1).ravel())
+    return float((classes[votes.argmax(1)] == test_y).mean())
 
 
 def weighted_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
@@ -145,12 +190,14 @@ def read_labelled(data: str | Path, input_column: str, label_column: str, max_sa
     import pandas as pd
 
     from multissl.data.audio import AUDIO_EXTENSIONS
+    from multissl.data.vision import IMAGE_EXTENSIONS
 
     p = Path(data)
     if p.is_dir():
-        rows = [(str(f), f.parent.name) for f in sorted(p.glob("*/*")) if f.suffix.lower() in AUDIO_EXTENSIONS]
+        exts = AUDIO_EXTENSIONS + IMAGE_EXTENSIONS
+        rows = [(str(f), f.parent.name) for f in sorted(p.glob("*/*")) if f.suffix.lower() in exts]
         if not rows:
-            raise FileNotFoundError(f"--data: {p}: no class sub-folders with audio files")
+            raise FileNotFoundError(f"--data: {p}: no class sub-folders with audio or image files")
         df = pd.DataFrame(rows, columns=[input_column, label_column])
         return df.sample(n=max_samples, random_state=seed) if max_samples and len(df) > max_samples else df
     df = read_table(p, [input_column, label_column], max_samples, seed)
@@ -161,10 +208,12 @@ def read_labelled(data: str | Path, input_column: str, label_column: str, max_sa
 
 
 def probe(model_dir: str | Path, data: str | Path, label_column: str, input_column: str = "text",
-          test_size: float = 0.25, seed: int = 0, max_samples: int = 0) -> list[dict[str, Any]]:
+          test_size: float = 0.25, seed: int = 0, max_samples: int = 0, pool: str = "mean", k: int = 20
+          ) -> list[dict[str, Any]]:
     """Probe accuracy on a held-out split for the model and the same architecture at random init,
-    each with the last layer mean-pooled (logistic regression) and with a learned weighted sum of
-    all layers; plus the majority class.
+    each with the last layer pooled (logistic regression, and a k-NN vote by cosine similarity) and
+    with a learned weighted sum of all layers; plus the majority class. ``pool``: images only, mean
+    of the patches or the CLS token.
 
     >>> probe("out/t1", "labelled.jsonl", label_column="label")  # doctest: +SKIP
     """
@@ -178,7 +227,7 @@ def probe(model_dir: str | Path, data: str | Path, label_column: str, input_colu
     idx_train, idx_test = train_test_split(np.arange(len(df)), test_size=test_size, random_state=seed,
                                            stratify=labels if min(np.unique(labels, return_counts=True)[1]) > 1
                                            else None)
-    preprocessor, featurize = load_features_backend(model_dir)
+    preprocessor, featurize = load_features_backend(model_dir, pool)
     inputs = df[input_column].tolist()
     torch.manual_seed(seed)
     models = {
@@ -191,6 +240,8 @@ def probe(model_dir: str | Path, data: str | Path, label_column: str, input_colu
         x = featurize(model.eval(), preprocessor, inputs)
         acc = linear_probe(x[idx_train, -1], labels[idx_train], x[idx_test, -1], labels[idx_test], seed)
         results.append({"model": name, "features": "last layer", "accuracy": acc, **n})
+        acc = knn_probe(x[idx_train, -1], labels[idx_train], x[idx_test, -1], labels[idx_test], k)
+        results.append({"model": name, "features": f"{k}-NN", "accuracy": acc, **n})
         acc, w = weighted_probe(x[idx_train], labels[idx_train], x[idx_test], labels[idx_test], seed)
         results.append({"model": name, "features": "layer-weighted", "accuracy": acc, "top_layer": int(w.argmax()),
                         **n})

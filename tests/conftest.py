@@ -83,3 +83,22 @@ TINY_AUDIO = [
     "--report_to", "none", "--lr", "1e-3", "--warmup_steps", "0", "--health.check_after", "0",
     "--health.min_target_var", "0", "--health.min_pred_var", "0",
 ]
+
+
+@pytest.fixture(scope="session")
+def image_dirs(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
+    """Real images: unlabelled handwritten digits, labels.csv of held-out ones, and photos."""
+    from tools.make_images import digits, photos
+
+    root = tmp_path_factory.mktemp("images")
+    unlabelled, labels = digits(root / "digits")
+    return unlabelled, labels, photos(root / "photos")
+
+
+TINY_VISION = [
+    "--encoder.dim", "32", "--encoder.depth", "2", "--encoder.heads", "4", "--encoder.ffn_dim", "64",
+    "--image_size", "16", "--patch_size", "4", "--top_k", "2", "--decoder.layers", "2", "--decoder.dim", "32",
+    "--decoder.groups", "4", "--batch_size", "8", "--clones", "2", "--logging_steps", "2", "--save_steps", "3",
+    "--report_to", "none", "--lr", "1e-3", "--warmup_steps", "0", "--health.check_after", "0",
+    "--health.min_target_var", "0", "--health.min_pred_var", "0",
+]

@@ -20,8 +20,9 @@ def test_probe_reports_pretrained_random_and_majority(tmp_path, kjv_rows, kjv_fi
             fh.write(json.dumps({"text": r["text"], "label": r["testament"]}) + "\n")
     results = probe(out, data, label_column="label", test_size=0.3, seed=0)
     names = [(r["model"], r["features"]) for r in results]
-    assert names == [("pretrained", "last layer"), ("pretrained", "layer-weighted"), ("random init", "last layer"),
-                     ("random init", "layer-weighted"), ("majority class", "-")]
+    assert names == [("pretrained", "last layer"), ("pretrained", "20-NN"), ("pretrained", "layer-weighted"),
+                     ("random init", "last layer"), ("random init", "20-NN"), ("random init", "layer-weighted"),
+                     ("majority class", "-")]
     n = len(kjv_rows[::40])
     assert all(r["n_train"] + r["n_test"] == n for r in results)
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results)

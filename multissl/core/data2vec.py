@@ -56,6 +56,10 @@ class Data2VecConfig:
     head_layers: int = 1
     """v1 regression head: 1 Linear, or 2 (Linear -> GELU -> Linear)."""
 
+    cls_loss: float = 0.0
+    """Weight of a loss between the student's final first extra token (CLS) and the mean of the
+    sample's targets (data2vec 2.0 images: 0.01); 0 disables it."""
+
     mask_noise_std: float = 0.01
     """v2: std of the noise that stands in for masked tokens at the decoder input."""
 
@@ -91,8 +95,9 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps) if cfg.norm == "pre" else nn.Identity()
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """All hidden states (the block input, then each block's output, the last one normed) and the
-        padding mask (B, E + T), as Hugging Face's ``output_hidden_states`` lays them out.
+        """All hidden states (the block input, then each block's output) and the padding mask
+        (B, E + T), as Hugging Face's ``output_hidden_states`` lays them out; the model's output is
+        ``encoder.norm(states[-1])`` (the final LayerNorm of pre-LN stacks, identity for post-LN).
 
         Extra tokens (CLS) stay in, as they do in the HF classes.
         """
@@ -103,7 +108,6 @@ class Encoder(nn.Module):
         for block in self.blocks:
             x, _ = block(x, pad)
             states.append(x)
-        states[-1] = self.norm(states[-1])
         return states, pad
 
 
@@ -249,7 +253,8 @@ class Data2Vec(nn.Module):
         if cfg.version == 2:
             x, xpad, keep = gather_kept(x, xpad, mask, e)
         x, _, _ = enc.blocks(x, xpad)
-        x = enc.norm(x)[:, e:]
+        x = enc.norm(x)
+        extra, x = x[:, :e], x[:, e:]
         if cfg.version == 1:
             pred = self.head(x[mask])
         else:
@@ -258,4 +263,8 @@ class Data2Vec(nn.Module):
         target = y[mask]
         per_token = regression_loss(pred, target, cfg.loss_beta, cfg.loss_scale)
         loss = per_token.sum() / max(per_token.numel(), 1)
+        if cfg.cls_loss > 0 and e > 0:
+            valid = (~pad).unsqueeze(-1).to(y.dtype)
+            cls_target = (y * valid).sum(1) / valid.sum(1).clamp_min(1)
+            loss = loss + cfg.cls_loss * regression_loss(extra[:, 0], cls_target, cfg.loss_beta, cfg.loss_scale).mean()
         return {"loss": loss, "target_var": compute_var(target), "pred_var": compute_var(pred)}

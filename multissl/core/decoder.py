@@ -85,3 +85,35 @@ class Decoder1d(nn.Module):
             h = F.gelu(F.layer_norm(conv(x).transpose(1, 2), (conv.out_channels,)).transpose(1, 2))
             x = x + h if self.cfg.residual and h.shape == x.shape else h
         return x.transpose(1, 2)
+
+
+class Decoder2d(nn.Module):
+    """Conv2d -> LayerNorm over channels (no affine) -> GELU layers on the (H, W) patch grid, then a
+    projection to the target size (data2vec 2.0 images). Tokens come in and go out as (N, H*W, D).
+
+    >>> Decoder2d(DecoderConfig(layers=2, dim=8, kernel=3), 16, (4, 4))(torch.randn(2, 16, 16)).shape
+    torch.Size([2, 16, 16])
+    """
+
+    def __init__(self, cfg: DecoderConfig, embed_dim: int, grid: tuple[int, int]):
+        super().__init__()
+        self.cfg, self.grid = cfg, grid
+        self.dropout = nn.Dropout(cfg.input_dropout)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(embed_dim if i == 0 else cfg.dim, cfg.dim, cfg.kernel, padding=cfg.kernel // 2,
+                      groups=cfg.groups)
+            for i in range(cfg.layers)
+        )
+        self.proj = projection(cfg.dim, embed_dim, cfg.projection_layers)
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.features(x, padding_mask))
+
+    def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder features before ``proj``; the model projects only the masked positions."""
+        n, t, d = x.shape
+        x = self.dropout(x).transpose(1, 2).reshape(n, d, *self.grid)
+        for conv in self.convs:
+            h = F.gelu(F.layer_norm(conv(x).permute(0, 2, 3, 1), (conv.out_channels,)).permute(0, 3, 1, 2))
+            x = x + h if self.cfg.residual and h.shape == x.shape else h
+        return x.flatten(2).transpose(1, 2)

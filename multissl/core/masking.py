@@ -7,12 +7,13 @@ regressed). The statistics each one must meet are the data2vec reference ones (s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-MaskKind = Literal["random", "span", "block", "inverse_block", "bert", "none"]
+MaskKind = Literal["random", "span", "block", "inverse_block", "beit", "bert", "none"]
 
 
 @dataclass
@@ -22,6 +23,7 @@ class MaskConfig:
     kind: MaskKind = "random"
     """random: exact-ratio random tokens (data2vec 2.0 text); span: wav2vec2 spans (v1 audio/text);
     block / inverse_block: exact-ratio 1-D or 2-D blocks (data2vec 2.0 audio / vision);
+    beit: BEiT's rectangles of random area and aspect on a 2-D grid (v1 vision);
     bert: BERT 80/10/10 token masking (v1 text); none: nothing masked."""
 
     prob: float = 0.48
@@ -29,13 +31,17 @@ class MaskConfig:
     rate times span length (span), or the selected fraction (bert)."""
 
     length: int = 1
-    """Span length (span), or block width in tokens (block: 1-D length, 2-D side)."""
+    """Span length (span), block width in tokens (block: 1-D length, 2-D side), or the fewest
+    patches in one rectangle (beit)."""
 
     adjust: float = 0.0
     """Extra probability of block centres before the exact-ratio correction (data2vec 2.0 mask_prob_adjust)."""
 
     min_masks: int = 1
     """Minimum number of spans per sample (span)."""
+
+    aspect: float = 0.3
+    """Smallest aspect ratio of a rectangle (beit); the largest is its inverse."""
 
     bert_mask: float = 0.8
     """Of the selected tokens, the fraction replaced by the mask token (bert)."""
@@ -136,6 +142,42 @@ def block_mask(
     return ~grid if inverse else grid
 
 
+def beit_mask(shape: tuple[int, int], prob: float, min_patches: int, rng: np.random.Generator,
+              aspect: float = 0.3, attempts: int = 10) -> np.ndarray:
+    """BEiT's block masking on an (H, W) grid: rectangles of log-uniform aspect ratio in
+    [aspect, 1/aspect] and area from ``min_patches`` up to what is left, added until about
+    ``prob * H * W`` patches are masked (a rectangle may overshoot; ``attempts`` tries per rectangle).
+
+    >>> m = beit_mask((14, 14), 0.6, 16, np.random.default_rng(0))
+    >>> 100 <= int(m.sum()) <= 140
+    True
+    """
+    h, w = shape
+    target = int(round(prob * h * w))
+    mask = np.zeros(shape, dtype=bool)
+    lo, hi = math.log(aspect), math.log(1 / aspect)
+    count = 0
+    while count < target:
+        left = target - count
+        delta = 0
+        for _ in range(attempts):
+            area = rng.uniform(min(min_patches, left), left)
+            ratio = math.exp(rng.uniform(lo, hi))
+            bh, bw = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+            if 0 < bw < w and 0 < bh < h:
+                top, start = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+                block = mask[top:top + bh, start:start + bw]
+                new = bh * bw - int(block.sum())
+                if 0 < new <= left:
+                    block[:] = True
+                    delta = new
+                    break
+        if delta == 0:
+            break
+        count += delta
+    return mask
+
+
 BERT_NONE, BERT_MASK, BERT_RANDOM, BERT_KEEP = 0, 1, 2, 3
 
 
@@ -176,6 +218,10 @@ def sample_mask(cfg: MaskConfig, shape: tuple[int, ...], rng: np.random.Generato
         return block_mask(shape, cfg.prob, cfg.length, rng, cfg.adjust)
     if cfg.kind == "inverse_block":
         return block_mask(shape, cfg.prob, cfg.length, rng, cfg.adjust, inverse=True)
+    if cfg.kind == "beit":
+        if len(shape) != 2:
+            raise ValueError(f"mask.kind beit needs a 2-D grid, got shape {shape}")
+        return beit_mask(shape, cfg.prob, cfg.length, rng, cfg.aspect)
     numel = int(np.prod(shape))
     if cfg.kind == "random":
         flat = random_mask(numel, cfg.prob, rng)

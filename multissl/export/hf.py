@@ -23,15 +23,18 @@ class ParityError(RuntimeError):
 
 @torch.no_grad()
 def check_parity(encoder: torch.nn.Module, hf_model: torch.nn.Module, modality, preprocessor, atol: float) -> float:
-    """Largest absolute difference over all hidden states (non-padding positions) between the
-    multissl encoder and the HF model on the adapter's example inputs; raises above ``atol``."""
+    """Largest absolute difference over all hidden states and the output (non-padding positions)
+    between the multissl encoder and the HF model on the adapter's example inputs; raises above
+    ``atol``."""
     hf_inputs, ours = modality.example_inputs(preprocessor)
     states, pad = encoder.eval()(ours)
     hf_states = hf_model.eval()(**hf_inputs, output_hidden_states=True).hidden_states
     if len(states) != len(hf_states):
         raise ParityError(f"{len(hf_states)} HF hidden states, multissl has {len(states)}")
     valid = ~pad
-    diff = max(float((a - b)[valid].abs().max()) for a, b in zip(states, hf_states, strict=True))
+    last = hf_model(**hf_inputs).last_hidden_state
+    pairs = [*zip(states, hf_states, strict=True), (encoder.norm(states[-1]), last)]
+    diff = max(float((a - b)[valid].abs().max()) for a, b in pairs)
     if diff > atol:
         raise ParityError(f"exported model differs from the multissl encoder by {diff:.2e} (> {atol})")
     return diff

@@ -250,21 +250,14 @@ class Audio(Modality):
 
     def from_hf(self, folder: str) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
         """Read a ``Data2VecAudioModel`` folder (or a task model built on one, e.g. ForCTC)."""
-        from safetensors.torch import load_file
-        from transformers import AutoConfig
+        from transformers import AutoConfig, AutoModel
 
         hf = AutoConfig.from_pretrained(folder)
         if hf.model_type != "data2vec-audio":
             raise ValueError(f"{folder}: model_type {hf.model_type!r} is not data2vec-audio")
         if hf.hidden_act != "gelu" or hf.feat_extract_activation != "gelu" or hf.conv_bias:
             raise ValueError(f"{folder}: only gelu activations and bias-free feature convs are supported")
-        files = sorted(Path(folder).glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{folder}: no *.safetensors weights")
-        sd: dict[str, torch.Tensor] = {}
-        for f in files:
-            sd.update(load_file(str(f)))
-        sd = {k.removeprefix("data2vec_audio."): v for k, v in sd.items()}
+        sd = AutoModel.from_pretrained(folder).state_dict()  # current names, whatever the file holds
         enc = EncoderConfig(dim=hf.hidden_size, depth=hf.num_hidden_layers, heads=hf.num_attention_heads,
                             ffn_dim=hf.intermediate_size, norm="post", eps=hf.layer_norm_eps,
                             dropout=hf.hidden_dropout, attention_dropout=hf.attention_dropout,

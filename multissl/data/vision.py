@@ -1,0 +1,249 @@
+"""Image data: find images (folders, ``datasets`` folders, numpy arrays), decode them with Pillow in
+any mode to RGB with EXIF rotation applied, crop and flip for training or resize for evaluation, and
+batch them with patch masks. A bad file is skipped with a warning naming it (or, with
+``data.strict``, stops the run). No torchvision: the transforms are small and tested here."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from multissl.config import DataConfig, RecipeError
+from multissl.core.masking import MaskConfig, sample_mask
+from multissl.data.seeds import example_rng
+from multissl.modalities.vision import VisionConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class BadImageError(RecipeError):
+    """An image could not be used and ``data.strict`` is set."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One image: where it is."""
+
+    name: str
+    """Path, or ``source[row]`` for in-memory images."""
+
+    data: bytes | np.ndarray | None = None
+    """Encoded bytes (``datasets`` rows) or a pixel array (arrays); None: read ``name``."""
+
+    def open(self) -> Image.Image:
+        """The decoded image in RGB, EXIF orientation applied (raises on corrupt or oversized data)."""
+        if isinstance(self.data, np.ndarray):
+            return to_rgb(Image.fromarray(self.data))
+        src = io.BytesIO(self.data) if self.data is not None else self.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the pixel limit: unusable
+            with Image.open(src) as img:
+                img.load()
+                return to_rgb(ImageOps.exif_transpose(img))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as RGB: palettes and alpha via RGBA (alpha dropped), 16/32-bit and float
+    greyscale scaled to 8 bits, CMYK and others through Pillow's converters.
+
+    >>> to_rgb(Image.new("I;16", (2, 2), 65535)).getpixel((0, 0))
+    (255, 255, 255)
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        img = Image.fromarray(np.clip(a / top * 255.0, 0, 255).round().astype(np.uint8))
+    elif img.mode in ("P", "PA", "LA"):
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+# --- finding and checking images -----------------------------------------------------------------
+
+def find_images(spec: str, column: str = "image") -> list[Picture]:
+    """Images named by ``spec``: image files, folders (recursive; class sub-folders are just
+    folders here), ``datasets`` folders saved with ``save_to_disk``, and ``.npy`` arrays of shape
+    (N, H, W) or (N, H, W, C) in uint8; several separated by commas."""
+    pictures: list[Picture] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        p = Path(part)
+        if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file()):
+            pictures += _from_datasets(p, column)
+        elif p.is_dir():
+            pictures += [Picture(str(f)) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS
+                         and f.is_file()]
+        elif p.is_file() and p.suffix == ".npy":
+            arr = np.load(p, mmap_mode="r")
+            if arr.ndim not in (3, 4) or arr.dtype != np.uint8:
+                raise RecipeError(f"data.path: {p}: expected uint8 (N, H, W) or (N, H, W, C), got {arr.dtype} "
+                                  f"{arr.shape}")
+            pictures += [Picture(f"{p}[{i}]", np.asarray(arr[i])) for i in range(len(arr))]
+        elif p.is_file():
+            pictures.append(Picture(str(p)))
+        else:
+            raise RecipeError(f"data.path: {part}: no such file or folder")
+    if not pictures:
+        raise RecipeError(f"data.path: {spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return pictures
+
+
+def _from_datasets(path: Path, column: str) -> list[Picture]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    if column not in ds.column_names:
+        raise RecipeError(f"data.image_column: {path} has no column {column!r} (columns: {', '.join(ds.column_names)})")
+    if isinstance(ds.features[column], datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    out = []
+    for i, row in enumerate(ds[column]):
+        if isinstance(row, dict) and row.get("bytes"):
+            out.append(Picture(f"{path}[{i}]", row["bytes"]))
+        else:
+            out.append(Picture(row["path"] if isinstance(row, dict) else str(row)))
+    return out
+
+
+def check(picture: Picture, min_side: int) -> str:
+    """Why ``picture`` cannot be used, or "" (decodes it fully: truncated files fail here)."""
+    try:
+        img = picture.open()
+    except Exception as e:  # Pillow raises several types for corrupt, truncated or oversized files
+        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
+    if min(img.size) < min_side:
+        return f"too small ({img.size[0]}x{img.size[1]}, the shortest side must be >= {min_side})"
+    return ""
+
+
+def scan_images(pictures: list[Picture], cfg: VisionConfig, strict: bool = False
+                ) -> tuple[list[Picture], list[tuple[str, str]]]:
+    """(usable images, [(name, problem)]); ``strict`` raises at the first problem."""
+    good, bad = [], []
+    for pic in pictures:
+        why = check(pic, cfg.min_side)
+        if why:
+            if strict:
+                raise BadImageError(f"{pic.name}: {why} (data.strict is set)")
+            bad.append((pic.name, why))
+        else:
+            good.append(pic)
+    return good, bad
+
+
+# --- transforms ----------------------------------------------------------------------------------
+
+def to_tensor(img: Image.Image, cfg: VisionConfig) -> torch.Tensor:
+    """(C, H, W) float32: pixels / 255, minus ``cfg.mean``, over ``cfg.std``."""
+    a = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+    a = (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def eval_transform(img: Image.Image, cfg: VisionConfig) -> torch.Tensor:
+    """Resize to ``image_size`` square (bicubic) and normalise: what the exported processor does."""
+    return to_tensor(img.resize((cfg.image_size, cfg.image_size), Image.BICUBIC), cfg)
+
+
+def train_transform(img: Image.Image, cfg: VisionConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Random resized crop (area share in ``crop_scale``, aspect 3/4 to 4/3, bicubic), random
+    horizontal flip, normalise.
+
+    >>> img = Image.new("RGB", (50, 40))
+    >>> train_transform(img, VisionConfig(image_size=16, patch_size=4), np.random.default_rng(0)).shape
+    torch.Size([3, 16, 16])
+    """
+    w, h = img.size
+    box = (0, 0, w, h)
+    for _ in range(10):
+        area = w * h * rng.uniform(*cfg.crop_scale)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            box = (left, top, left + cw, top + ch)
+            break
+    img = img.resize((cfg.image_size, cfg.image_size), Image.BICUBIC, box=box)
+    if cfg.flip and rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    return to_tensor(img, cfg)
+
+
+# --- the dataset and the collator ----------------------------------------------------------------
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decoded, augmented, normalised images. An image that fails to decode now (it passed the scan)
+    is replaced by the next one and counted in ``failed``."""
+
+    def __init__(self, pictures: list[Picture], cfg: VisionConfig, seed: int, strict: bool = False,
+                 train: bool = True):
+        self.pictures, self.cfg, self.seed, self.strict, self.train, self.epoch = pictures, cfg, seed, strict, train, 0
+        self.failed: list[str] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.pictures)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        seed = (self.seed, self.epoch, int(i))
+        for k in range(len(self.pictures)):
+            j = (int(i) + k) % len(self.pictures)
+            try:
+                img = self.pictures[j].open()
+                x = train_transform(img, self.cfg, example_rng(seed)) if self.train else eval_transform(img, self.cfg)
+                return {"pixel_values": x, "seed": seed}
+            except Exception as e:  # corrupt data surfaces as several exception types
+                if self.strict:
+                    raise BadImageError(f"{self.pictures[j].name}: cannot decode ({e})") from e
+                self.failed.append(self.pictures[j].name)
+                log.warning("vision: skipped %s: cannot decode (%s)", self.pictures[j].name, str(e)[:120])
+        raise RecipeError("data.path: no image could be decoded")
+
+
+def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int) -> ImageDataset:
+    """Find, check and wrap the images of ``data.path``; bad files are counted and named."""
+    good, bad = scan_images(find_images(data.path, data.image_column), cfg, data.strict)
+    for name, why in bad:
+        log.warning("vision: skipped %s: %s", name, why)
+    if bad:
+        log.warning("vision: %d of %d images skipped (pass --strict to stop instead)", len(bad), len(bad) + len(good))
+    if not good:
+        raise RecipeError(f"data.path: {data.path}: none of the {len(bad)} images is usable")
+    return ImageDataset(good, cfg, seed, data.strict)
+
+
+class ImageCollator:
+    """Stacks images and makes ``M`` patch-grid masks per image.
+
+    >>> c = ImageCollator(MaskConfig(kind="inverse_block", prob=0.8, length=3, adjust=0.07),
+    ...                   VisionConfig(image_size=56, patch_size=4), clones=2)
+    >>> b = c([{"pixel_values": torch.zeros(3, 56, 56), "seed": (0, 0, 0)}])
+    >>> b["mask"].shape, int(b["mask"][0].sum())
+    (torch.Size([2, 196]), 157)
+    """
+
+    def __init__(self, mask: MaskConfig, cfg: VisionConfig, clones: int = 1):
+        self.mask, self.cfg, self.clones = mask, cfg, clones
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        pixels = torch.stack([e["pixel_values"] for e in examples])
+        masks = np.zeros((len(examples) * self.clones, self.cfg.grid[0] * self.cfg.grid[1]), dtype=bool)
+        for i, e in enumerate(examples):
+            rng = example_rng((*e["seed"], 1))  # stream 1: masks; the crop used the base stream
+            for c in range(self.clones):
+                masks[i * self.clones + c] = sample_mask(self.mask, self.cfg.grid, rng).reshape(-1)
+        return {"inputs": {"pixel_values": pixels}, "mask": torch.from_numpy(masks)}
