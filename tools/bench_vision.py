@@ -1,0 +1,168 @@
+"""Images trained per second for multissl's vision objectives against the student alone and
+transformers' MAE (``ViTMAEForPreTraining``), in one run, on the same encoder shape, batch and real
+photos (scikit-image's, through the training crop).
+
+Rows: the student encoder's plain forward+backward (no teacher), multissl data2vec v1 (dense student,
+BEiT block masks, teacher pass, regression head, EMA), multissl data2vec 2.0 with M clones (sparse
+student, inverse block masks, one teacher pass per image, a 2-D conv decoder, CLS loss, EMA), and
+ViTMAEForPreTraining (75% masked, a light Transformer decoder, pixel loss). Every row includes the
+AdamW step. Rounds interleave the rows so machine noise hits them alike; the median is reported.
+
+    python tools/bench_vision.py [--dim 192 --depth 6 --image 224 --patch 16 --batch 8 --clones 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def mae_init(model) -> None:
+    """MAE's own initialisation, which ViTMAEForPreTraining(config) leaves at zero: 2-D sin-cos
+    position tables (encoder and decoder) and normal(0.02) CLS and mask tokens."""
+    from transformers.models.vit_mae import modeling_vit_mae as m
+
+    def table(pos: torch.Tensor, grid: int) -> torch.Tensor:
+        t = m.build_2d_sinusoidal_position_embedding(height=grid, width=grid, embed_dim=pos.shape[-1], cls_token=True)
+        half = t.shape[-1] // 2
+        return torch.cat([t[..., half:], t[..., :half]], dim=-1).unsqueeze(0)
+
+    grid = int(model.vit.embeddings.patch_embeddings.num_patches ** 0.5)
+    with torch.no_grad():
+        model.vit.embeddings.position_embeddings.copy_(table(model.vit.embeddings.position_embeddings, grid))
+        model.decoder.decoder_pos_embed.copy_(table(model.decoder.decoder_pos_embed, grid))
+        model.vit.embeddings.cls_token.normal_(std=0.02)
+        model.decoder.mask_token.normal_(std=0.02)
+
+
+def mae_config(enc, image: int, patch: int, **kw):
+    from transformers import ViTMAEConfig
+
+    return ViTMAEConfig(hidden_size=enc.dim, num_hidden_layers=enc.depth, num_attention_heads=enc.heads,
+                        intermediate_size=enc.ffn_dim, layer_norm_eps=enc.eps, image_size=image, patch_size=patch,
+                        decoder_hidden_size=enc.dim, decoder_num_hidden_layers=2, decoder_num_attention_heads=enc.heads,
+                        decoder_intermediate_size=enc.ffn_dim, mask_ratio=0.75, norm_pix_loss=True, **kw)
+
+
+def main() -> None:
+    from PIL import Image
+    from transformers import ViTMAEForPreTraining
+
+    from multissl.core.blocks import EncoderConfig
+    from multissl.core.data2vec import Data2Vec, Data2VecConfig
+    from multissl.core.decoder import DecoderConfig
+    from multissl.core.ema import EMAConfig
+    from multissl.core.masking import MaskConfig
+    from multissl.data.vision import ImageCollator, train_transform
+    from multissl.modalities.vision import Vision, VisionConfig
+    from tools.make_images import photos
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=192)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--image", type=int, default=224)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--clones", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = VisionConfig(image_size=args.image, patch_size=args.patch)
+    with tempfile.TemporaryDirectory() as d:
+        images = [Image.open(f).convert("RGB") for f in photos(Path(d))]
+    rng = np.random.default_rng(0)
+    pixels = [train_transform(images[i % len(images)], cfg, rng) for i in range(args.batch * (args.rounds + 2))]
+    enc = EncoderConfig(dim=args.dim, depth=args.depth, heads=args.heads, ffn_dim=4 * args.dim, norm="pre", eps=1e-6,
+                        dropout=0.0, attention_dropout=0.0)
+    decoder = DecoderConfig(layers=3, kernel=3, dim=args.dim, groups=16, residual=True, projection_layers=1,
+                            input_dropout=0.0)
+    ema = EMAConfig(0.9998, 0.99999, 1000)
+
+    def d2v(version: int, clones: int):
+        torch.manual_seed(0)
+        vcfg = VisionConfig(image_size=args.image, patch_size=args.patch, mask_embedding=version == 1)
+        method = Data2VecConfig(version=version, clones=clones, top_k=args.depth, decoder=decoder, ema=ema,
+                                target="block" if version == 1 else "ffn",
+                                target_norm="layer" if version == 1 else "instance", final_norm="layer",
+                                loss_beta=2.0 if version == 1 else 0.0, cls_loss=0.0 if version == 1 else 0.01)
+        return Data2Vec(Vision(vcfg), enc, method).train()
+
+    v1, v2 = d2v(1, 1), d2v(2, args.clones)
+    student = d2v(1, 1).encoder
+    coll_v1 = ImageCollator(MaskConfig(kind="beit", prob=0.6, length=16, aspect=0.3), cfg, clones=1)
+    coll_v2 = ImageCollator(MaskConfig(kind="inverse_block", prob=0.8, length=3, adjust=0.07), cfg, clones=args.clones)
+    torch.manual_seed(0)
+    mae = ViTMAEForPreTraining(mae_config(enc, args.image, args.patch)).train()
+    mae_init(mae)
+
+    def batch(i: int) -> torch.Tensor:
+        return torch.stack(pixels[i * args.batch:(i + 1) * args.batch])
+
+    def examples(i: int) -> list[dict]:
+        return [{"pixel_values": x, "seed": (0, 0, i * args.batch + j)} for j, x in enumerate(batch(i))]
+
+    def loss_student(i):
+        states, _ = student({"pixel_values": batch(i)})
+        return student.norm(states[-1]).float().pow(2).mean()
+
+    def loss_d2v(model, collator):
+        return lambda i: model(**collator(examples(i)))["loss"]
+
+    def training_step(loss_fn, model, views, ema=False):
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+
+        def run(i):
+            loss_fn(i).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if ema:
+                model.ema_step()
+            return views
+        return run
+
+    m = args.clones
+    rows = {
+        "student alone (fwd+bwd)": training_step(loss_student, student, args.batch),
+        "multissl data2vec v1": training_step(loss_d2v(v1, coll_v1), v1, args.batch, ema=True),
+        f"multissl data2vec 2.0 (M={m})": training_step(loss_d2v(v2, coll_v2), v2, args.batch * m, ema=True),
+        "HF ViTMAEForPreTraining": training_step(lambda i: mae(pixel_values=batch(i)).loss, mae, args.batch),
+    }
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    views: dict[str, int] = {}
+    for r in range(args.rounds + 2):
+        for name, fn in rows.items():
+            t = time.perf_counter()
+            views[name] = fn(r)
+            if r >= 2:  # two warm-up rounds
+                times[name].append(time.perf_counter() - t)
+    base = statistics.median(times["student alone (fwd+bwd)"])
+    v1_views = args.batch / statistics.median(times["multissl data2vec v1"])
+    print(f"encoder {args.depth}x{args.dim}, {args.image} px, patch {args.patch}, batch {args.batch}, "
+          f"{torch.get_num_threads()} threads, median of {args.rounds} steps (AdamW step included)")
+    print(f"{'row':<32} {'ms/step':>9} {'x student':>10} {'images/s':>9} {'views/s':>9} {'x v1 views/s':>13}")
+    for name in rows:
+        med = statistics.median(times[name])
+        vps = views[name] / med
+        print(f"{name:<32} {med * 1e3:>9.1f} {med / base:>10.2f} {args.batch / med:>9.2f} {vps:>9.1f} "
+              f"{vps / v1_views:>13.2f}")
+    v1_ratio = statistics.median(times["multissl data2vec v1"]) / base
+    v2_gain = (args.batch * m / statistics.median(times[f"multissl data2vec 2.0 (M={m})"])) / v1_views
+    print(f"target: v1 step <= 1.45x student: {v1_ratio:.2f}x ({'met' if v1_ratio <= 1.45 else 'missed'})")
+    print(f"target: v2 masked views/s >= 3x v1: {v2_gain:.2f}x ({'met' if v2_gain >= 3 else 'missed'})")
+
+
+if __name__ == "__main__":
+    main()
