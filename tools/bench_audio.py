@@ -15,10 +15,8 @@ step. Rounds interleave the rows so machine noise hits them alike; the median is
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +49,7 @@ def main() -> None:
     from multissl.core.masking import MaskConfig
     from multissl.data.audio import AudioCollator
     from multissl.modalities.audio import Audio, AudioConfig
+    from tools.step_bench import report, run_rounds, training_step
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, default=256)
@@ -110,18 +109,6 @@ def main() -> None:
         neg = _sample_negative_indices((x.shape[0], t), w2v.config.num_negatives, mask_time_indices=mask)
         return w2v(x, mask_time_indices=torch.from_numpy(mask), sampled_negative_indices=torch.from_numpy(neg)).loss
 
-    def training_step(loss_fn, model, views, ema=False):
-        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-
-        def run(i):
-            loss_fn(i).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if ema:
-                model.ema_step()
-            return views
-        return run
-
     m = args.clones
     rows = {
         "student alone (fwd+bwd)": training_step(loss_student, student, args.batch),
@@ -129,28 +116,10 @@ def main() -> None:
         f"multissl data2vec 2.0 (M={m})": training_step(loss_d2v(v2, coll_v2), v2, args.batch * m, ema=True),
         "HF Wav2Vec2ForPreTraining": training_step(loss_w2v, w2v, args.batch),
     }
-    times: dict[str, list[float]] = {k: [] for k in rows}
-    views: dict[str, int] = {}
-    for r in range(args.rounds + 2):
-        for name, fn in rows.items():
-            t = time.perf_counter()
-            views[name] = fn(r)
-            if r >= 2:  # two warm-up rounds
-                times[name].append(time.perf_counter() - t)
-    base = statistics.median(times["student alone (fwd+bwd)"])
-    v1_views = args.batch / statistics.median(times["multissl data2vec v1"])
+    medians, views = run_rounds(rows, args.rounds)
     print(f"encoder {args.depth}x{args.dim}, conv {args.conv_dim}x7, {args.seconds:g} s utterances, batch "
           f"{args.batch}, {torch.get_num_threads()} threads, median of {args.rounds} steps (AdamW step included)")
-    print(f"{'row':<32} {'ms/step':>9} {'x student':>10} {'audio s/s':>10} {'views/s':>9} {'x v1 views/s':>13}")
-    for name in rows:
-        med = statistics.median(times[name])
-        vps = views[name] / med
-        audio_s = args.batch * args.seconds / med
-        print(f"{name:<32} {med * 1e3:>9.1f} {med / base:>10.2f} {audio_s:>10.2f} {vps:>9.1f} {vps / v1_views:>13.2f}")
-    v1_ratio = statistics.median(times["multissl data2vec v1"]) / base
-    v2_gain = (args.batch * m / statistics.median(times[f"multissl data2vec 2.0 (M={m})"])) / v1_views
-    print(f"target: v1 step <= 1.45x student: {v1_ratio:.2f}x ({'met' if v1_ratio <= 1.45 else 'missed'})")
-    print(f"target: v2 masked views/s >= 2x v1: {v2_gain:.2f}x ({'met' if v2_gain >= 2 else 'missed'})")
+    report(medians, views, args.batch, f"multissl data2vec 2.0 (M={m})", 2.0, ("audio s/s", args.seconds))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def corpus_blocks(tok, n_blocks: int, seq: int) -> torch.Tensor:
@@ -50,6 +50,7 @@ def main() -> None:
     from multissl.modalities import get_modality
     from multissl.modalities.text import TextConfig
     from multissl.tokenizer import train_tokenizer
+    from tools.step_bench import report, run_rounds, training_step
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, default=256)
@@ -116,18 +117,6 @@ def main() -> None:
         rows = blocks[i * args.batch:(i + 1) * args.batch].tolist()
         return mlm(**mlm_collator([{"input_ids": r} for r in rows])).loss
 
-    def training_step(loss_fn, model, views, ema=False):
-        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-
-        def run(i):
-            loss_fn(i).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if ema:
-                model.ema_step()
-            return views
-        return run
-
     m = args.clones
     rows = {
         "student alone (fwd+bwd)": training_step(loss_student, student, args.batch),
@@ -137,28 +126,10 @@ def main() -> None:
                                                                   args.batch * m, ema=True),
         "HF RobertaForMaskedLM + MLM collator": training_step(loss_mlm, mlm, args.batch),
     }
-    times: dict[str, list[float]] = {k: [] for k in rows}
-    views: dict[str, int] = {}
-    for r in range(args.rounds + 2):
-        for name, fn in rows.items():
-            t = time.perf_counter()
-            views[name] = fn(r)
-            if r >= 2:  # two warm-up rounds
-                times[name].append(time.perf_counter() - t)
-    base = statistics.median(times["student alone (fwd+bwd)"])
-    v1_views = args.batch / statistics.median(times["multissl data2vec v1"])
+    medians, views = run_rounds(rows, args.rounds)
     print(f"encoder {args.depth}x{args.dim}, {args.seq} tokens, batch {args.batch}, vocab {len(tok)}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} steps (AdamW step included)")
-    print(f"{'row':<40} {'ms/step':>9} {'x student':>10} {'views/s':>9} {'x v1 views/s':>13}")
-    for name in rows:
-        med = statistics.median(times[name])
-        vps = views[name] / med
-        print(f"{name:<40} {med * 1e3:>9.1f} {med / base:>10.2f} {vps:>9.1f} {vps / v1_views:>13.2f}")
-    v1_ratio = statistics.median(times["multissl data2vec v1"]) / base
-    v2_gain = (args.batch * args.clones / statistics.median(times[f"multissl data2vec 2.0 (M={args.clones})"])) \
-        / v1_views
-    print(f"target: v1 step <= 1.45x student: {v1_ratio:.2f}x ({'met' if v1_ratio <= 1.45 else 'missed'})")
-    print(f"target: v2 masked views/s >= 2x v1: {v2_gain:.2f}x ({'met' if v2_gain >= 2 else 'missed'})")
+    report(medians, views, args.batch, f"multissl data2vec 2.0 (M={m})", 2.0)
 
 
 if __name__ == "__main__":

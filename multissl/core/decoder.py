@@ -54,26 +54,37 @@ class DecoderConfig:
             raise ValueError(f"{where}.dim ({self.dim}) must be divisible by {where}.groups ({self.groups})")
 
 
-class Decoder1d(nn.Module):
-    """Conv1d -> LayerNorm (no affine) -> GELU layers over time, then a projection to the target size.
+class _ConvDecoder(nn.Module):
+    """Input dropout, ``cfg.layers`` convolutions of ``conv_type``, and the projection to the targets."""
 
-    >>> Decoder1d(DecoderConfig(layers=2, dim=8, kernel=3), 16)(torch.randn(2, 5, 16)).shape
-    torch.Size([2, 5, 16])
-    """
+    conv_type: type[nn.Module]
 
     def __init__(self, cfg: DecoderConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
         self.dropout = nn.Dropout(cfg.input_dropout)
         self.convs = nn.ModuleList(
-            nn.Conv1d(embed_dim if i == 0 else cfg.dim, cfg.dim, cfg.kernel, padding=cfg.kernel // 2,
-                      groups=cfg.groups)
+            self.conv_type(embed_dim if i == 0 else cfg.dim, cfg.dim, cfg.kernel, padding=cfg.kernel // 2,
+                           groups=cfg.groups)
             for i in range(cfg.layers)
         )
         self.proj = projection(cfg.dim, embed_dim, cfg.projection_layers)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.proj(self.features(x, padding_mask))
+
+    def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Decoder1d(_ConvDecoder):
+    """Conv1d -> LayerNorm (no affine) -> GELU layers over time, then a projection to the target size.
+
+    >>> Decoder1d(DecoderConfig(layers=2, dim=8, kernel=3), 16)(torch.randn(2, 5, 16)).shape
+    torch.Size([2, 5, 16])
+    """
+
+    conv_type = nn.Conv1d
 
     def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder features before ``proj``; the model projects only the masked positions."""
@@ -87,7 +98,7 @@ class Decoder1d(nn.Module):
         return x.transpose(1, 2)
 
 
-class Decoder2d(nn.Module):
+class Decoder2d(_ConvDecoder):
     """Conv2d -> LayerNorm over channels (no affine) -> GELU layers on the (H, W) patch grid, then a
     projection to the target size (data2vec 2.0 images). Tokens come in and go out as (N, H*W, D).
 
@@ -95,19 +106,11 @@ class Decoder2d(nn.Module):
     torch.Size([2, 16, 16])
     """
 
-    def __init__(self, cfg: DecoderConfig, embed_dim: int, grid: tuple[int, int]):
-        super().__init__()
-        self.cfg, self.grid = cfg, grid
-        self.dropout = nn.Dropout(cfg.input_dropout)
-        self.convs = nn.ModuleList(
-            nn.Conv2d(embed_dim if i == 0 else cfg.dim, cfg.dim, cfg.kernel, padding=cfg.kernel // 2,
-                      groups=cfg.groups)
-            for i in range(cfg.layers)
-        )
-        self.proj = projection(cfg.dim, embed_dim, cfg.projection_layers)
+    conv_type = nn.Conv2d
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.proj(self.features(x, padding_mask))
+    def __init__(self, cfg: DecoderConfig, embed_dim: int, grid: tuple[int, int]):
+        super().__init__(cfg, embed_dim)
+        self.grid = grid
 
     def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder features before ``proj``; the model projects only the masked positions."""

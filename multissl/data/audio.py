@@ -19,6 +19,7 @@ import torch
 from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig, sample_mask
 from multissl.data.seeds import example_rng
+from multissl.data.skipping import first_decodable, warn_skipped
 from multissl.modalities.audio import AudioConfig
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ class AudioDataset(torch.utils.data.Dataset):
     def __init__(self, clips: list[Clip], cfg: AudioConfig, seed: int, strict: bool = False):
         self.clips, self.cfg, self.seed, self.strict, self.epoch = clips, cfg, seed, strict, 0
         self.lengths = [min(c.samples(cfg.sample_rate), cfg.max_samples) for c in clips]
+        self.names = [c.name for c in clips]
         self.failed: list[str] = []
 
     def set_epoch(self, epoch: int) -> None:
@@ -231,27 +233,15 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         seed = (self.seed, self.epoch, int(i))
-        for k in range(len(self.clips)):
-            j = (int(i) + k) % len(self.clips)
-            try:
-                return {"input_values": self.load(j, example_rng(seed)), "seed": seed}
-            except Exception as e:  # corrupt data surfaces as several exception types
-                if self.strict:
-                    raise BadAudioError(f"{self.clips[j].name}: cannot decode ({e})") from e
-                self.failed.append(self.clips[j].name)
-                log.warning("audio: skipped %s: cannot decode (%s)", self.clips[j].name, str(e)[:120])
-        raise RecipeError("data.path: no file could be decoded")
+        wav = first_decodable(self.names, i, lambda j: self.load(j, example_rng(seed)), self.strict, self.failed,
+                              "audio", BadAudioError)
+        return {"input_values": wav, "seed": seed}
 
 
 def build_audio_dataset(data: DataConfig, cfg: AudioConfig, seed: int) -> AudioDataset:
     """Find, check and wrap the recordings of ``data.path``; bad files are counted and named."""
     clips, bad = scan(find_audio(data.path, data.audio_column), cfg, data.strict)
-    for name, why in bad:
-        log.warning("audio: skipped %s: %s", name, why)
-    if bad:
-        log.warning("audio: %d of %d files skipped (pass --strict to stop instead)", len(bad), len(bad) + len(clips))
-    if not clips:
-        raise RecipeError(f"data.path: {data.path}: none of the {len(bad)} files is usable")
+    warn_skipped(bad, len(clips), data.path, "audio", "files")
     return AudioDataset(clips, cfg, seed, data.strict)
 
 

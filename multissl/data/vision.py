@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig, sample_mask
 from multissl.data.seeds import example_rng
+from multissl.data.skipping import first_decodable, warn_skipped
 from multissl.modalities.vision import VisionConfig
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __init__(self, pictures: list[Picture], cfg: VisionConfig, seed: int, strict: bool = False,
                  train: bool = True):
         self.pictures, self.cfg, self.seed, self.strict, self.train, self.epoch = pictures, cfg, seed, strict, train, 0
+        self.names = [p.name for p in pictures]
         self.failed: list[str] = []
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,29 +202,19 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         seed = (self.seed, self.epoch, int(i))
-        for k in range(len(self.pictures)):
-            j = (int(i) + k) % len(self.pictures)
-            try:
-                img = self.pictures[j].open()
-                x = train_transform(img, self.cfg, example_rng(seed)) if self.train else eval_transform(img, self.cfg)
-                return {"pixel_values": x, "seed": seed}
-            except Exception as e:  # corrupt data surfaces as several exception types
-                if self.strict:
-                    raise BadImageError(f"{self.pictures[j].name}: cannot decode ({e})") from e
-                self.failed.append(self.pictures[j].name)
-                log.warning("vision: skipped %s: cannot decode (%s)", self.pictures[j].name, str(e)[:120])
-        raise RecipeError("data.path: no image could be decoded")
+
+        def load(j: int) -> torch.Tensor:
+            img = self.pictures[j].open()
+            return train_transform(img, self.cfg, example_rng(seed)) if self.train else eval_transform(img, self.cfg)
+
+        x = first_decodable(self.names, i, load, self.strict, self.failed, "vision", BadImageError)
+        return {"pixel_values": x, "seed": seed}
 
 
 def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int) -> ImageDataset:
     """Find, check and wrap the images of ``data.path``; bad files are counted and named."""
     good, bad = scan_images(find_images(data.path, data.image_column), cfg, data.strict)
-    for name, why in bad:
-        log.warning("vision: skipped %s: %s", name, why)
-    if bad:
-        log.warning("vision: %d of %d images skipped (pass --strict to stop instead)", len(bad), len(bad) + len(good))
-    if not good:
-        raise RecipeError(f"data.path: {data.path}: none of the {len(bad)} images is usable")
+    warn_skipped(bad, len(good), data.path, "vision", "images")
     return ImageDataset(good, cfg, seed, data.strict)
 
 

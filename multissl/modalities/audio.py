@@ -14,7 +14,7 @@ from torch import nn
 
 from multissl.core.blocks import EncoderConfig
 from multissl.core.decoder import Decoder1d, DecoderConfig
-from multissl.modalities.base import Modality, block_tensors, fuse_block, register
+from multissl.modalities.base import Modality, from_hf_names, register, to_hf_names
 
 # multissl block tensor -> Data2VecAudio layer module
 HF_BLOCK_NAMES = {
@@ -241,12 +241,7 @@ class Audio(Modality):
         return inputs, inputs
 
     def to_hf_state_dict(self, state: dict[str, torch.Tensor], enc: EncoderConfig) -> dict[str, torch.Tensor]:
-        out = {theirs: state[ours] for ours, theirs in _hf_names(self.cfg, "local.mask_embedding" in state).items()}
-        for i in range(enc.depth):
-            for key, t in block_tensors(state, i).items():
-                part, kind = key.split(".")
-                out[f"encoder.layers.{i}.{HF_BLOCK_NAMES[part]}.{kind}"] = t
-        return out
+        return to_hf_names(state, _hf_names(self.cfg), HF_BLOCK_NAMES, "encoder.layers.", enc.depth)
 
     def from_hf(self, folder: str) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
         """Read a ``Data2VecAudioModel`` folder (or a task model built on one, e.g. ForCTC)."""
@@ -266,18 +261,11 @@ class Audio(Modality):
         c.conv_dim, c.conv_kernel, c.conv_stride = tuple(hf.conv_dim), tuple(hf.conv_kernel), tuple(hf.conv_stride)
         c.pos_conv_depth, c.pos_conv_kernel = hf.num_conv_pos_embeddings, hf.conv_pos_kernel_size
         c.pos_conv_groups = hf.num_conv_pos_embedding_groups
-        state = {}
-        for ours, theirs in _hf_names(c, "masked_spec_embed" in sd).items():
-            if theirs not in sd:
-                raise ValueError(f"{folder}: missing weight {theirs}")
-            state[ours] = sd[theirs]
-        for i in range(enc.depth):
-            state.update(fuse_block({f"{k}.{kind}": sd[f"encoder.layers.{i}.{v}.{kind}"]
-                                     for k, v in HF_BLOCK_NAMES.items() for kind in ("weight", "bias")}, i))
+        state = from_hf_names(sd, _hf_names(c), HF_BLOCK_NAMES, "encoder.layers.", enc.depth, folder)
         return enc, state
 
 
-def _hf_names(c: AudioConfig, mask_embedding: bool) -> dict[str, str]:
+def _hf_names(c: AudioConfig) -> dict[str, str]:
     """multissl key -> Data2VecAudio key for everything outside the transformer blocks."""
     names = {
         "local.layer_norm.weight": "feature_projection.layer_norm.weight",
@@ -293,6 +281,5 @@ def _hf_names(c: AudioConfig, mask_embedding: bool) -> dict[str, str]:
     for i in range(c.pos_conv_depth):
         for kind in ("weight", "bias"):
             names[f"context.pos_conv.{i}.conv.{kind}"] = f"encoder.pos_conv_embed.layers.{i}.conv.{kind}"
-    if mask_embedding:
-        names["local.mask_embedding"] = "masked_spec_embed"
+    names["local.mask_embedding"] = "masked_spec_embed"  # v1 only; optional both ways
     return names

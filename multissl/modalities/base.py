@@ -130,3 +130,31 @@ def fuse_block(parts: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor
         for name in ("norm1", "fc1", "fc2", "norm2"):
             out[p + f"{name}.{kind}"] = parts[f"{name}.{kind}"]
     return out
+
+
+def to_hf_names(state: dict[str, torch.Tensor], names: dict[str, str], block_names: dict[str, str],
+                block_prefix: str, depth: int) -> dict[str, torch.Tensor]:
+    """An encoder state dict in an HF class's names: ``names`` maps the keys outside the blocks,
+    ``block_names`` the q/k/v/out/norm1/fc1/fc2/norm2 tensors of block ``i`` under ``{block_prefix}{i}.``."""
+    out = {theirs: state[ours] for ours, theirs in names.items() if ours in state}
+    for i in range(depth):
+        for key, t in block_tensors(state, i).items():
+            part, kind = key.split(".")
+            out[f"{block_prefix}{i}.{block_names[part]}.{kind}"] = t
+    return out
+
+
+def from_hf_names(sd: dict[str, torch.Tensor], names: dict[str, str], block_names: dict[str, str],
+                  block_prefix: str, depth: int, folder: str) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`to_hf_names`; keys of ``names`` whose HF weight is absent are left out
+    when optional (the mask embedding), else an error names the missing weight."""
+    state: dict[str, torch.Tensor] = {}
+    for ours, theirs in names.items():
+        if theirs in sd:
+            state[ours] = sd[theirs]
+        elif not ours.endswith("mask_embedding"):
+            raise ValueError(f"{folder}: missing weight {theirs}")
+    for i in range(depth):
+        state.update(fuse_block({f"{k}.{kind}": sd[f"{block_prefix}{i}.{v}.{kind}"]
+                                 for k, v in block_names.items() for kind in ("weight", "bias")}, i))
+    return state

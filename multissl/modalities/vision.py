@@ -18,7 +18,7 @@ from torch import nn
 
 from multissl.core.blocks import EncoderConfig
 from multissl.core.decoder import Decoder2d, DecoderConfig
-from multissl.modalities.base import Modality, block_tensors, fuse_block, register
+from multissl.modalities.base import Modality, from_hf_names, register, to_hf_names
 
 # multissl block tensor -> ViT layer module
 HF_BLOCK_NAMES = {
@@ -168,12 +168,7 @@ class Vision(Modality):
         return {"pixel_values": pixels}, {"pixel_values": pixels}
 
     def to_hf_state_dict(self, state: dict[str, torch.Tensor], enc: EncoderConfig) -> dict[str, torch.Tensor]:
-        out = {theirs: state[ours] for ours, theirs in HF_NAMES.items()}
-        for i in range(enc.depth):
-            for key, t in block_tensors(state, i).items():
-                part, kind = key.split(".")
-                out[f"layers.{i}.{HF_BLOCK_NAMES[part]}.{kind}"] = t
-        return out
+        return to_hf_names(state, HF_NAMES, HF_BLOCK_NAMES, "layers.", enc.depth)
 
     def from_hf(self, folder: str) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
         """Read a ``ViTModel`` folder (or a task model built on one, e.g. ViTForImageClassification)."""
@@ -189,14 +184,7 @@ class Vision(Modality):
                             ffn_dim=hf.intermediate_size, norm="pre", eps=hf.layer_norm_eps,
                             dropout=hf.hidden_dropout_prob, attention_dropout=hf.attention_probs_dropout_prob)
         self.cfg.image_size, self.cfg.patch_size, self.cfg.channels = hf.image_size, hf.patch_size, hf.num_channels
-        state = {}
-        for ours, theirs in HF_NAMES.items():
-            if theirs not in sd:
-                raise ValueError(f"{folder}: missing weight {theirs}")
-            state[ours] = sd[theirs]
-        for i in range(enc.depth):
-            state.update(fuse_block({f"{k}.{kind}": sd[f"layers.{i}.{v}.{kind}"]
-                                     for k, v in HF_BLOCK_NAMES.items() for kind in ("weight", "bias")}, i))
+        state = from_hf_names(sd, HF_NAMES, HF_BLOCK_NAMES, "layers.", enc.depth, folder)
         return enc, state
 
 

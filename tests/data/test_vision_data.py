@@ -112,11 +112,10 @@ def test_bad_images_are_counted_and_named(tmp_path, photo, image_dirs, caplog, m
 
 def test_image_that_fails_at_read_time_is_replaced_and_counted(tmp_path, image_dirs):
     files = sorted(image_dirs[0].glob("*.png"))[:3]
-    ds = ImageDataset([Picture(str(f)) for f in files], CFG, seed=0)
     copy = tmp_path / "gone.png"
     copy.write_bytes(files[0].read_bytes())
-    ds.pictures[0] = Picture(str(copy))
-    os.remove(copy)
+    ds = ImageDataset([Picture(str(copy))] + [Picture(str(f)) for f in files[1:]], CFG, seed=0)
+    os.remove(copy)  # gone after the scan
     item = ds[0]
     assert ds.failed == [str(copy)] and item["pixel_values"].shape == (3, 32, 32)
     with pytest.raises(BadImageError, match="gone.png"):

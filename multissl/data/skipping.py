@@ -1,0 +1,42 @@
+"""Bad files are real life: skip each one with a warning that names it, count them, and stop only
+when nothing is left or ``data.strict`` asks for it. Shared by the speech and image datasets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from multissl.config import RecipeError
+
+log = logging.getLogger(__name__)
+
+
+def warn_skipped(bad: list[tuple[str, str]], n_good: int, spec: str, what: str, noun: str) -> None:
+    """Log each skipped file and the count; raise when no file is left.
+
+    >>> warn_skipped([], 3, "wavs/", "audio", "files")
+    """
+    for name, why in bad:
+        log.warning("%s: skipped %s: %s", what, name, why)
+    if bad:
+        log.warning("%s: %d of %d %s skipped (pass --strict to stop instead)", what, len(bad), len(bad) + n_good, noun)
+    if not n_good:
+        raise RecipeError(f"data.path: {spec}: none of the {len(bad)} {noun} is usable")
+
+
+def first_decodable(names: Sequence[str], i: int, load: Callable[[int], Any], strict: bool, failed: list[str],
+                    what: str, error: type[Exception]) -> Any:
+    """``load(i)``, or when that fails (a file changed or vanished after the scan) ``load`` of the
+    next index that works; each failure is logged and appended to ``failed``, or with ``strict``
+    raised as ``error``."""
+    for k in range(len(names)):
+        j = (int(i) + k) % len(names)
+        try:
+            return load(j)
+        except Exception as e:  # corrupt data surfaces as several exception types
+            if strict:
+                raise error(f"{names[j]}: cannot decode ({e})") from e
+            failed.append(names[j])
+            log.warning("%s: skipped %s: cannot decode (%s)", what, names[j], str(e)[:120])
+    raise RecipeError("data.path: no file could be decoded")
