@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.compare_text import WallClock  # noqa: E402
+from tools.compare_text import WallClock, peer_arguments  # noqa: E402
 
 
 class GumbelDecay(TrainerCallback):
@@ -62,7 +62,7 @@ class Wav2Vec2PretrainingCollator:
 
 
 def main() -> None:
-    from transformers import Trainer, TrainingArguments, Wav2Vec2Config, Wav2Vec2ForPreTraining
+    from transformers import Trainer, Wav2Vec2Config, Wav2Vec2ForPreTraining
 
     from multissl.config import load_recipe
     from multissl.export.hf import export
@@ -106,13 +106,7 @@ def main() -> None:
         clock = WallClock(args.budget)
         trainer = Trainer(
             model=w2v, train_dataset=dataset, data_collator=Wav2Vec2PretrainingCollator(w2v),
-            args=TrainingArguments(
-                output_dir=str(out / f"w2v-{seed}"), max_steps=100000, per_device_train_batch_size=t.batch_size,
-                learning_rate=t.lr, adam_beta1=t.betas[0], adam_beta2=t.betas[1], adam_epsilon=t.eps,
-                weight_decay=t.weight_decay, lr_scheduler_type="constant_with_warmup", warmup_steps=t.warmup_steps,
-                max_grad_norm=t.max_grad_norm, seed=seed, report_to="none", save_strategy="no",
-                logging_steps=50, dataloader_drop_last=True, dataloader_pin_memory=False,
-                remove_unused_columns=False),
+            args=peer_arguments(t, out / f"w2v-{seed}", seed, remove_unused_columns=False),
             callbacks=[clock, GumbelDecay(w2v)])
         trainer.train()
         w2v_dir = out / f"w2v-{seed}-export"

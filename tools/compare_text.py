@@ -36,6 +36,19 @@ class WallClock(TrainerCallback):
             control.should_save = True
 
 
+def peer_arguments(train, output_dir: Path, seed: int, **extra):
+    """TrainingArguments for a peer with the recipe's optimiser, batch and a constant learning rate
+    after warm-up (the wall clock, not max_steps, ends the run)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=100000, per_device_train_batch_size=train.batch_size,
+        learning_rate=train.lr, adam_beta1=train.betas[0], adam_beta2=train.betas[1], adam_epsilon=train.eps,
+        weight_decay=train.weight_decay, lr_scheduler_type="constant_with_warmup", warmup_steps=train.warmup_steps,
+        max_grad_norm=train.max_grad_norm, seed=seed, report_to="none", save_strategy="no", logging_steps=50,
+        dataloader_drop_last=True, dataloader_pin_memory=False, **extra)
+
+
 def main() -> None:
     import torch
     from transformers import (
@@ -43,7 +56,6 @@ def main() -> None:
         RobertaConfig,
         RobertaForMaskedLM,
         Trainer,
-        TrainingArguments,
     )
 
     from multissl.config import load_recipe
@@ -91,12 +103,7 @@ def main() -> None:
         trainer = Trainer(
             model=mlm, train_dataset=dataset.ds,
             data_collator=DataCollatorForLanguageModeling(tok, mlm_probability=0.15),
-            args=TrainingArguments(
-                output_dir=str(out / f"mlm-{seed}"), max_steps=100000, per_device_train_batch_size=t.batch_size,
-                learning_rate=t.lr, adam_beta1=t.betas[0], adam_beta2=t.betas[1], adam_epsilon=t.eps,
-                weight_decay=t.weight_decay, lr_scheduler_type="constant_with_warmup", warmup_steps=t.warmup_steps,
-                max_grad_norm=t.max_grad_norm, seed=seed, report_to="none", save_strategy="no",
-                logging_steps=50, dataloader_drop_last=True, dataloader_pin_memory=False),
+            args=peer_arguments(t, out / f"mlm-{seed}", seed),
             callbacks=[clock])
         trainer.train()
         mlm_dir = out / f"mlm-{seed}-export"

@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.bench_vision import mae_config, mae_init  # noqa: E402
-from tools.compare_text import WallClock  # noqa: E402
+from tools.compare_text import WallClock, peer_arguments  # noqa: E402
 
 
 def main() -> None:
-    from transformers import Trainer, TrainingArguments, ViTMAEForPreTraining
+    from transformers import Trainer, ViTMAEForPreTraining
 
     from multissl.config import load_recipe
     from multissl.export.hf import export
@@ -61,13 +61,7 @@ def main() -> None:
         trainer = Trainer(
             model=mae, train_dataset=dataset,
             data_collator=lambda ex: {"pixel_values": torch.stack([e["pixel_values"] for e in ex])},
-            args=TrainingArguments(
-                output_dir=str(out / f"mae-{seed}"), max_steps=100000, per_device_train_batch_size=t.batch_size,
-                learning_rate=t.lr, adam_beta1=t.betas[0], adam_beta2=t.betas[1], adam_epsilon=t.eps,
-                weight_decay=t.weight_decay, lr_scheduler_type="constant_with_warmup", warmup_steps=t.warmup_steps,
-                max_grad_norm=t.max_grad_norm, seed=seed, report_to="none", save_strategy="no",
-                logging_steps=50, dataloader_drop_last=True, dataloader_pin_memory=False,
-                remove_unused_columns=False),
+            args=peer_arguments(t, out / f"mae-{seed}", seed, remove_unused_columns=False),
             callbacks=[clock])
         trainer.train()
         mae_dir = out / f"mae-{seed}-export"

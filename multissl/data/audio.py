@@ -18,6 +18,7 @@ import torch
 
 from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig, sample_mask
+from multissl.data.saved_datasets import is_saved_dataset, media_column
 from multissl.data.seeds import example_rng
 from multissl.data.skipping import first_decodable, warn_skipped
 from multissl.modalities.audio import AudioConfig
@@ -95,8 +96,8 @@ def find_audio(spec: str, column: str = "audio") -> list[Clip]:
     clips: list[Clip] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         p = Path(part)
-        if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file()):
-            clips += _from_datasets(p, column)
+        if is_saved_dataset(p):
+            clips += [Clip(name, -1, 0, data) for name, data in media_column(p, column, "data.audio_column")]
         elif p.is_dir():
             clips += [Clip(str(f), -1, 0) for f in sorted(p.rglob("*")) if f.suffix.lower() in AUDIO_EXTENSIONS
                       and f.is_file()]
@@ -130,25 +131,6 @@ def _from_manifest(path: Path, column: str) -> list[Clip]:
         f = Path(r[key]) if Path(r[key]).is_absolute() else path.parent / r[key]
         dur = r.get("duration")
         clips.append(Clip(str(f), int(float(dur) * 16000), 16000) if dur not in (None, "") else Clip(str(f), -1, 0))
-    return clips
-
-
-def _from_datasets(path: Path, column: str) -> list[Clip]:
-    import datasets
-
-    ds = datasets.load_from_disk(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    if column not in ds.column_names:
-        raise RecipeError(f"data.audio_column: {path} has no column {column!r} (columns: {', '.join(ds.column_names)})")
-    if isinstance(ds.features[column], datasets.Audio):
-        ds = ds.cast_column(column, datasets.Audio(decode=False))
-    clips = []
-    for i, row in enumerate(ds[column]):
-        if isinstance(row, dict) and row.get("bytes"):
-            clips.append(Clip(f"{path}[{i}]", -1, 0, row["bytes"]))
-        else:
-            clips.append(Clip(row["path"] if isinstance(row, dict) else str(row), -1, 0))
     return clips
 
 

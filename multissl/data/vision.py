@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig, sample_mask
+from multissl.data.saved_datasets import is_saved_dataset, media_column
 from multissl.data.seeds import example_rng
 from multissl.data.skipping import first_decodable, warn_skipped
 from multissl.modalities.vision import VisionConfig
@@ -79,8 +80,8 @@ def find_images(spec: str, column: str = "image") -> list[Picture]:
     pictures: list[Picture] = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         p = Path(part)
-        if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file()):
-            pictures += _from_datasets(p, column)
+        if is_saved_dataset(p):
+            pictures += [Picture(name, data) for name, data in media_column(p, column, "data.image_column")]
         elif p.is_dir():
             pictures += [Picture(str(f)) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS
                          and f.is_file()]
@@ -97,25 +98,6 @@ def find_images(spec: str, column: str = "image") -> list[Picture]:
     if not pictures:
         raise RecipeError(f"data.path: {spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     return pictures
-
-
-def _from_datasets(path: Path, column: str) -> list[Picture]:
-    import datasets
-
-    ds = datasets.load_from_disk(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    if column not in ds.column_names:
-        raise RecipeError(f"data.image_column: {path} has no column {column!r} (columns: {', '.join(ds.column_names)})")
-    if isinstance(ds.features[column], datasets.Image):
-        ds = ds.cast_column(column, datasets.Image(decode=False))
-    out = []
-    for i, row in enumerate(ds[column]):
-        if isinstance(row, dict) and row.get("bytes"):
-            out.append(Picture(f"{path}[{i}]", row["bytes"]))
-        else:
-            out.append(Picture(row["path"] if isinstance(row, dict) else str(row)))
-    return out
 
 
 def check(picture: Picture, min_side: int) -> str:
