@@ -173,8 +173,8 @@ def vision_part(out: Path, max_steps: int | None) -> None:
     with torch.no_grad():
         hf = model(**batch, output_hidden_states=True)
         ours, _ = encoder(dict(batch))
-    pairs = [*zip(ours, hf.hidden_states, strict=True), (encoder.norm(ours[-1]), hf.last_hidden_state)]
-    diff = max(float((a - b).abs().max()) for a, b in pairs)
+        pairs = [*zip(ours, hf.hidden_states, strict=True), (encoder.norm(ours[-1]), hf.last_hidden_state)]
+        diff = max(float((a - b).abs().max()) for a, b in pairs)
     print(f"[vision 3/4] exported to {model_dir} as {type(model).__name__}; "
           f"AutoModel vs multissl max abs diff {diff:.1e}")
     results = probe(model_dir, labelled, label_column="label", input_column="path", test_size=0.25, seed=0)
