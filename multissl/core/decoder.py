@@ -3,6 +3,7 @@ v2 light convolutional decoder."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +55,7 @@ class DecoderConfig:
             raise ValueError(f"{where}.dim ({self.dim}) must be divisible by {where}.groups ({self.groups})")
 
 
-class _ConvDecoder(nn.Module):
+class _ConvDecoder(nn.Module, ABC):
     """Input dropout, ``cfg.layers`` convolutions of ``conv_type``, and the projection to the targets."""
 
     conv_type: type[nn.Module]
@@ -73,8 +74,9 @@ class _ConvDecoder(nn.Module):
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.proj(self.features(x, padding_mask))
 
+    @abstractmethod
     def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """Decoder features before ``proj`` (the model projects only the masked positions)."""
 
 
 class Decoder1d(_ConvDecoder):
