@@ -197,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
     if rest and not getattr(args, "extra", False):
         p.error(f"unrecognized arguments: {' '.join(rest)}")
-    from multissl.train import CollapseError
+    from multissl.checkpoints import CheckpointError
+    from multissl.train import CollapseError, NonFiniteError
 
     try:
         args.func(args, rest)
-    except CollapseError as e:
+    except (CollapseError, NonFiniteError, CheckpointError) as e:
         print(f"multissl: stopped: {e}", file=sys.stderr)
         return 3
     except USAGE_ERRORS as e:

@@ -121,8 +121,24 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Trainer loggers (tensorboard, wandb, ...); a JSON-lines and CSV log is always written."""
 
+    max_nonfinite: int = 20
+    """An update whose loss or gradient is NaN/inf is skipped and counted; after this many in a row the
+    run saves a checkpoint (the last healthy weights) and stops."""
+
+    fused_adamw: bool = True
+    """Use PyTorch's fused AdamW kernel on GPUs (the CPU keeps the default one)."""
+
+    compile: bool = False
+    """``torch.compile`` each transformer block of the student and the teacher (shapes marked dynamic,
+    since sparse students see varying lengths)."""
+
+    fsdp: str = ""
+    """FSDP for models that do not fit one device, as transformers' ``TrainingArguments.fsdp`` takes it
+    (e.g. ``full_shard auto_wrap``); blocks are the wrapping unit, so the teacher's blocks are sharded
+    like the student's. Empty: DDP under torchrun."""
+
     def validate(self, where: str = "train") -> None:
-        for key in ("max_steps", "batch_size", "grad_accum", "logging_steps", "save_steps"):
+        for key in ("max_steps", "batch_size", "grad_accum", "logging_steps", "save_steps", "max_nonfinite"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:

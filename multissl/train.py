@@ -1,13 +1,10 @@
-"""Pretraining on transformers' Trainer: the EMA update and the health guard are callbacks, the
-checkpoints are written to a staging folder and renamed, and a JSON-lines / CSV log sits beside
-TensorBoard's."""
+"""Pretraining on transformers' Trainer (single process, or DDP / FSDP under torchrun): the EMA
+update and the guards are callbacks (``callbacks.py``), checkpoints are sealed and renamed
+(``checkpoints.py``), and a JSON-lines / CSV log sits beside TensorBoard's."""
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -15,18 +12,18 @@ from typing import Any
 
 import torch
 import yaml
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+from transformers import TrainingArguments
 
+from multissl.callbacks import EMACallback, HealthCallback, MetricsFileCallback, NonFiniteGuard
+from multissl.checkpoints import checkpoints, latest_good
 from multissl.config import Recipe, RecipeError, from_dict
 from multissl.core.data2vec import Data2Vec
-from multissl.core.health import check_health
 from multissl.modalities import get_modality
 from multissl.modalities.base import Modality
+from multissl.trainer import RECIPE_FILE, Data2VecTrainer
 
 log = logging.getLogger(__name__)
 
-RECIPE_FILE = "recipe.yaml"
 PREPROCESSOR_DIR = "preprocessor"
 # Sections that change the model: a checkpoint made under other values cannot be resumed.
 MODEL_SECTIONS = ("modality", "encoder", "adapter", "method")
@@ -34,6 +31,10 @@ MODEL_SECTIONS = ("modality", "encoder", "adapter", "method")
 
 class CollapseError(RuntimeError):
     """Training stopped because a health metric fell under its threshold."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped after too many non-finite updates in a row."""
 
 
 def build_model(recipe: Recipe) -> tuple[Modality, Data2Vec, Any, Any, Any]:
@@ -72,6 +73,10 @@ def training_arguments(recipe: Recipe, output_dir: str) -> TrainingArguments:
     kwargs: dict[str, Any] = {}
     if t.schedule == "warmup_stable_decay":
         kwargs["lr_scheduler_kwargs"] = {"num_decay_steps": t.decay_steps}
+    if t.fsdp:
+        kwargs["fsdp"] = t.fsdp
+        kwargs["fsdp_config"] = {"transformer_layer_cls_to_wrap": ["Block"], "use_orig_params": True}
+    cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=output_dir, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, adam_beta1=t.betas[0],
@@ -81,118 +86,12 @@ def training_arguments(recipe: Recipe, output_dir: str) -> TrainingArguments:
         save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, data_seed=t.seed,
         report_to=t.report_to, remove_unused_columns=False, label_names=[],
         dataloader_num_workers=recipe.data.num_workers, dataloader_drop_last=True,
-        dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
+        dataloader_pin_memory=cuda, use_cpu=not cuda,
+        optim="adamw_torch_fused" if cuda and t.fused_adamw else "adamw_torch",
+        # every parameter takes part in every loss; streams shard themselves (no batch dispatching)
+        ddp_find_unused_parameters=False, accelerator_config={"dispatch_batches": False},
         **kwargs,
     )
-
-
-class Data2VecTrainer(Trainer):
-    """Trainer that logs the model's health metrics and writes checkpoints atomically."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._sums: dict[str, float] = {}
-        self._count = 0
-        self._staging: str | None = None
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = model(**inputs)
-        for key, value in out.items():
-            if key != "loss":
-                self._sums[key] = self._sums.get(key, 0.0) + float(value.detach())
-        self._count += 1
-        return (out["loss"], out) if return_outputs else out["loss"]
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._count:
-            logs.update({k: round(v / self._count, 5) for k, v in self._sums.items()})
-            logs["ema_decay"] = getattr(self, "ema_decay", float("nan"))
-            self._sums, self._count = {}, 0
-        super().log(logs, start_time)
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        # Datasets that declare ``lengths`` (audio) are batched by similar length to save padding.
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        lengths = getattr(dataset, "lengths", None)
-        if lengths is None:
-            return super()._get_train_sampler(train_dataset)
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=lengths)
-
-    def _get_output_dir(self, trial: Any) -> str:
-        return self._staging or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        run_dir = self.args.output_dir
-        name = f"checkpoint-{self.state.global_step}"
-        self._staging = os.path.join(run_dir, ".staging")
-        shutil.rmtree(self._staging, ignore_errors=True)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            staging, self._staging = self._staging, None
-        if self.args.should_save:
-            shutil.copy(os.path.join(run_dir, RECIPE_FILE), os.path.join(staging, name, RECIPE_FILE))
-            final = os.path.join(run_dir, name)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
-            shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(run_dir, self.args.save_total_limit)
-
-
-class EMACallback(TrainerCallback):
-    """Steps the teacher after each optimiser update that really happened."""
-
-    def __init__(self, trainer: Data2VecTrainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if getattr(optimizer, "step_was_skipped", False):
-            return
-        self.trainer.ema_decay = model.ema_step()
-
-
-class HealthCallback(TrainerCallback):
-    """Checks target_var / pred_var at each log; warns, or saves a checkpoint and stops."""
-
-    def __init__(self, recipe: Recipe):
-        self.cfg = recipe.health
-        self.message: str | None = None
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        msg = check_health(state.global_step, logs or {}, self.cfg)
-        if msg is None or self.message is not None:
-            return
-        if self.cfg.action == "warn":
-            log.warning("health: %s", msg)
-            return
-        self.message = msg
-        control.should_save = True
-        control.should_training_stop = True
-
-
-class MetricsFileCallback(TrainerCallback):
-    """Appends every training log to ``metrics.jsonl`` and ``metrics.csv`` in the run folder."""
-
-    FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "target_var", "pred_var", "ema_decay")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
-            return
-        row = {"step": state.global_step, **logs}
-        out = Path(args.output_dir)
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        path = out / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
 
 
 def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
@@ -214,6 +113,7 @@ def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
 
 def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None) -> Path:
     """Pretrain as the recipe says; returns the run folder (final weights, recipe, preprocessor, logs).
+    Under torchrun every rank calls it; only the main rank writes files.
 
     >>> pretrain(load_recipe("recipes/text/tiny.yaml", ["--data", "corpus/", "--tokenizer", "tok/",
     ...                                                   "--output_dir", "runs/t1"]))  # doctest: +SKIP
@@ -222,32 +122,41 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
         raise RecipeError("train.output_dir is empty: pass --output_dir RUN_DIR")
     run_dir = Path(recipe.train.output_dir)
     if resume:
-        if not run_dir.is_dir() or get_last_checkpoint(str(run_dir)) is None:
+        if not run_dir.is_dir() or not checkpoints(run_dir):
             raise RecipeError(f"--resume: no checkpoint-* folder in {run_dir}")
         _check_resumable(run_dir, recipe)
     elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise RecipeError(f"train.output_dir: {run_dir} exists and is not empty "
                           "(pass --resume to continue it or --overwrite to replace it)")
+    args = training_arguments(recipe, str(run_dir))  # under torchrun this joins the process group
+    main = args.should_save
     modality, model, dataset, collator, preprocessor = build_model(recipe)
-    if resume:
-        _check_resumable(run_dir, recipe)  # again, now that the data completed the adapter's settings
-    elif run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)  # only once the new run is known to start
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recipe.save(run_dir / RECIPE_FILE)
-    if preprocessor is not None:
-        preprocessor.save_pretrained(run_dir / PREPROCESSOR_DIR)
-    trainer = Data2VecTrainer(model=model, args=training_arguments(recipe, str(run_dir)),
-                              train_dataset=dataset, data_collator=collator)
-    health = HealthCallback(recipe)
-    for cb in [EMACallback(trainer), health, MetricsFileCallback(), *(callbacks or [])]:
+    start = None
+    with args.main_process_first(desc="run folder"):
+        if resume:
+            _check_resumable(run_dir, recipe)  # again, now that the data completed the adapter's settings
+            start = latest_good(run_dir, set_aside=main)
+            if start is None:
+                raise RecipeError(f"--resume: no usable checkpoint in {run_dir} (see the warnings above)")
+        elif main:
+            if run_dir.exists() and overwrite:
+                shutil.rmtree(run_dir)  # only once the new run is known to start
+            run_dir.mkdir(parents=True, exist_ok=True)
+            recipe.save(run_dir / RECIPE_FILE)
+            if preprocessor is not None:
+                preprocessor.save_pretrained(run_dir / PREPROCESSOR_DIR)
+    if recipe.train.compile:
+        model.compile_blocks()
+    trainer = Data2VecTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    guards = [NonFiniteGuard(trainer, recipe.train.max_nonfinite), HealthCallback(recipe)]
+    for cb in [*guards, EMACallback(trainer), MetricsFileCallback(), *(callbacks or [])]:
         trainer.add_callback(cb)
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    staging = run_dir / ".final"
-    trainer.save_model(str(staging))
-    for f in staging.iterdir():  # each file lands whole or not at all
-        os.replace(f, run_dir / f.name)
-    staging.rmdir()
+    trainer.train(resume_from_checkpoint=str(start) if start else None)
+    trainer.save_final(run_dir)
+    nonfinite, health = guards
+    if nonfinite.message:
+        raise NonFiniteError(f"{nonfinite.message}; checkpoint saved in {run_dir}. Lower train.lr or set "
+                             "train.max_grad_norm.")
     if health.message:
         raise CollapseError(f"{health.message}; checkpoint saved in {run_dir}. Lower train.lr, raise "
                             "method.ema.decay, or set health.action=warn to continue anyway.")
@@ -265,7 +174,7 @@ def load_run(run_dir: str | Path, which: str = "student") -> tuple[Recipe, Modal
     recipe = from_dict(Recipe, yaml.safe_load(recipe_path.read_text()))
     weights = run_dir / "model.safetensors"
     if not weights.exists():
-        last = get_last_checkpoint(str(run_dir))
+        last = latest_good(run_dir, set_aside=False)
         if last is None:
             raise FileNotFoundError(f"{run_dir}: no model.safetensors and no checkpoint-* folder")
         weights = Path(last) / "model.safetensors"

@@ -18,6 +18,7 @@ from torch import nn
 
 from multissl.core.blocks import Blocks, EncoderConfig
 from multissl.core.decoder import DecoderConfig, projection
+from multissl.core.distributed import global_mean
 from multissl.core.ema import EMA, EMAConfig, annealed_decay
 from multissl.core.health import compute_var
 from multissl.core.losses import regression_loss
@@ -202,6 +203,13 @@ class Data2Vec(nn.Module):
         self.ema_updates += 1
         return decay
 
+    def compile_blocks(self) -> None:
+        """``torch.compile`` every transformer block, the student's and the teacher's (in place: the
+        state dict keeps its names)."""
+        for blocks in (self.encoder.blocks, self.teacher["blocks"] if "blocks" in self.teacher else []):
+            for block in blocks:
+                block.compile(dynamic=True)
+
     def teacher_encoder(self) -> Encoder:
         """A stand-alone encoder with the teacher's weights (shared parts taken from the student)."""
         enc = copy.deepcopy(self.encoder)
@@ -262,9 +270,10 @@ class Data2Vec(nn.Module):
             pred = self.head.proj(self.head.features(full, pad)[mask])  # project masked positions only
         target = y[mask]
         per_token = regression_loss(pred, target, cfg.loss_beta, cfg.loss_scale)
-        loss = per_token.sum() / max(per_token.numel(), 1)
+        loss = global_mean(per_token.sum(), per_token.numel())
         if cfg.cls_loss > 0 and e > 0:
             valid = (~pad).unsqueeze(-1).to(y.dtype)
             cls_target = (y * valid).sum(1) / valid.sum(1).clamp_min(1)
-            loss = loss + cfg.cls_loss * regression_loss(extra[:, 0], cls_target, cfg.loss_beta, cfg.loss_scale).mean()
+            per_sample = regression_loss(extra[:, 0], cls_target, cfg.loss_beta, cfg.loss_scale)
+            loss = loss + cfg.cls_loss * global_mean(per_sample.sum(), per_sample.numel())
         return {"loss": loss, "target_var": compute_var(target), "pred_var": compute_var(pred)}

@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 
+from multissl.core.distributed import all_sum
+
 
 @dataclass
 class HealthConfig:
@@ -30,15 +32,19 @@ class HealthConfig:
 
 
 def compute_var(x: torch.Tensor) -> torch.Tensor:
-    """Mean over dimensions of the standard deviation over rows; ``x`` is (N, D).
+    """Mean over dimensions of the standard deviation over rows; ``x`` is (N, D). Under data
+    parallelism the rows of every rank count (one all-reduce of counts, sums and squares).
 
     >>> float(compute_var(torch.zeros(4, 3))) < 0.01
     True
     """
-    x = x.detach().float().reshape(-1, x.shape[-1])
-    if x.shape[0] < 2:
+    x = x.detach().double().reshape(-1, x.shape[-1])
+    stats = all_sum(torch.stack([x.new_full((x.shape[-1],), x.shape[0]), x.sum(0), (x * x).sum(0)]))
+    n, total, squares = stats
+    if n[0] < 2:
         return torch.zeros((), device=x.device)
-    return torch.sqrt(x.var(dim=0) + 1e-6).mean()
+    var = ((squares - total * total / n) / (n - 1)).clamp_min(0)
+    return torch.sqrt(var + 1e-6).mean().float()
 
 
 def check_health(step: int, metrics: dict[str, float], cfg: HealthConfig) -> str | None:

@@ -1,0 +1,160 @@
+"""transformers' Trainer, taught three things pretraining needs: an update whose loss or gradient is
+not finite is skipped (and counted) instead of poisoning the weights; checkpoints are staged, sealed
+and renamed so a crash or a full disk never leaves a half-written one; and streamed datasets that
+shard themselves across ranks are not sharded a second time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer
+
+from multissl.checkpoints import CheckpointError, checkpoints, publish, rotate, seal
+from multissl.core.distributed import all_sum
+
+log = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class Data2VecTrainer(Trainer):
+    """Trainer for :class:`~multissl.core.data2vec.Data2Vec`: logs its health metrics, skips
+    non-finite updates and writes checkpoints atomically.
+
+    ``skipped_updates`` counts skipped updates; ``nonfinite_streak`` the current run of them;
+    ``last_healthy`` holds the step and metrics of the last finite forward.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._staging: str | None = None
+        self._nonfinite_in_update = False
+        self.skip_this_update = False
+        self.skipped_updates = 0
+        self.nonfinite_streak = 0
+        self.last_healthy: dict[str, float] = {}
+        self.ema_decay = float("nan")
+
+    # --- the step ------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = model(**inputs)
+        loss = out["loss"]
+        # every rank must agree, or DDP's gradient all-reduce would hang
+        if all_sum((~torch.isfinite(loss.detach())).float()) > 0:
+            self._nonfinite_in_update = True
+            params = [p for p in model.parameters() if p.requires_grad]
+            # zero gradients that still reach every parameter, so DDP's reducer completes
+            loss = torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
+        else:
+            metrics = {k: float(v.detach()) for k, v in out.items()}
+            for key, value in metrics.items():
+                if key != "loss":
+                    self._sums[key] = self._sums.get(key, 0.0) + value
+            self._count += 1
+            self.last_healthy = {"step": self.state.global_step + 1, **metrics}
+        return (loss, out) if return_outputs else loss
+
+    def decide_update(self, model: torch.nn.Module, optimizer: Any) -> None:
+        """Before the optimiser steps: drop the whole update when a forward of it was not finite or
+        its gradient is not (fp16's scaler handles its own overflows)."""
+        bad = self._nonfinite_in_update
+        if not bad and not self.args.fp16:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            bad = bool(grads) and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
+        self._nonfinite_in_update = False
+        self.skip_this_update = bad
+        if bad:
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient alone
+            self.skipped_updates += 1
+            self.nonfinite_streak += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)",
+                        self.state.global_step + 1, self.skipped_updates)
+        else:
+            self.nonfinite_streak = 0
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            if self._count:
+                logs.update({k: round(v / self._count, 5) for k, v in self._sums.items()})
+            logs["ema_decay"] = self.ema_decay
+            logs["skipped_updates"] = self.skipped_updates
+            self._sums, self._count = {}, 0
+        super().log(logs, start_time)
+
+    # --- data ----------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # Datasets that declare ``lengths`` (audio) are batched by similar length to save padding.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=lengths)
+
+    def get_train_dataloader(self) -> Any:
+        loader = super().get_train_dataloader()
+        shard = getattr(loader, "dataset", None)
+        if getattr(self.train_dataset, "shards_itself", False) and hasattr(shard, "num_processes"):
+            shard.num_processes, shard.process_index = 1, 0  # accelerate's re-sharding becomes a pass-through
+        return loader
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        staging = run_dir / f".staging-{name}"
+        main = self.args.should_save
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+        _barrier()
+        self._staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+            _barrier()  # every rank's RNG state is in
+            if main:
+                shutil.copy(run_dir / RECIPE_FILE, staging / name / RECIPE_FILE)
+                seal(staging / name)
+                publish(staging / name, run_dir / name)
+        except OSError as e:
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
+            previous = next((c.name for c in checkpoints(run_dir)), None)
+            kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+            raise CheckpointError(f"saving {run_dir / name} failed ({e.strerror or e}); {kept}") from e
+        finally:
+            self._staging = None
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate(run_dir, self.args.save_total_limit or 0)
+        _barrier()
+
+    def save_final(self, run_dir: Path) -> None:
+        """The final weights in ``run_dir``: staged, then each file renamed (on the main rank)."""
+        staging = run_dir / ".final"
+        self.save_model(str(staging))
+        if self.args.should_save:
+            for f in staging.iterdir():
+                os.replace(f, run_dir / f.name)
+            staging.rmdir()
+        _barrier()

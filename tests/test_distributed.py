@@ -1,0 +1,68 @@
+"""Data parallelism on 2 CPU processes (gloo) under torchrun: the run must follow the same trajectory
+as one process with the same global batch, and keep one teacher, one checkpoint and one final model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "text" / "tiny-v2.yaml"
+# dropout and the decoder's input noise draw from each rank's own generator; turned off here so that
+# the two runs see identical randomness and must agree to float tolerance
+DETERMINISTIC = ["--encoder.dropout", "0", "--encoder.attention_dropout", "0", "--encoder.activation_dropout", "0",
+                 "--method.mask_noise_std", "0", "--decoder.input_dropout", "0", "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3",
+                 "--warmup_steps", "2", "--schedule", "cosine", "--method.clones", "2"]
+
+
+def launch(nproc: int, args: list[str], dump: Path) -> None:
+    dump.mkdir()
+    env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    driver = [str(ROOT / "tests" / "ddp_driver.py"), str(RECIPE), *args]
+    cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                             if nproc > 1 else []), *driver]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_follow_one_rank_with_the_same_global_batch(tiny_args, tmp_path):
+    base = [a for a in tiny_args]
+    base[base.index("--output_dir") + 1] = str(tmp_path / "one")
+    base[base.index("--batch_size") + 1] = "4"
+    launch(1, [*base, *DETERMINISTIC], tmp_path / "dump1")
+    two = [*base, *DETERMINISTIC, "--output_dir", str(tmp_path / "two"), "--batch_size", "2"]
+    launch(2, two, tmp_path / "dump2")
+
+    one_rows, two_rows = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert [r["step"] for r in two_rows] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(one_rows, two_rows, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"])), (a, b)
+        assert a["learning_rate"] == b["learning_rate"]  # the schedule follows the global step
+        assert a["ema_decay"] == b["ema_decay"]
+        assert abs(a["target_var"] - b["target_var"]) <= 1e-4  # over the global batch
+        assert abs(a["pred_var"] - b["pred_var"]) <= 1e-4
+
+    r0 = torch.load(tmp_path / "dump2" / "rank0.pt")
+    r1 = torch.load(tmp_path / "dump2" / "rank1.pt")
+    assert any(k.startswith("teacher.") for k in r0)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # one teacher (and student) on every rank
+    single = torch.load(tmp_path / "dump1" / "rank0.pt")
+    diff = max((single[k].double() - r0[k].double()).abs().max().item() for k in single)
+    assert diff < 1e-4
+    assert int(r0["ema_updates"]) == 6
+
+    run = tmp_path / "two"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(("checkpoint", "."))) == \
+        ["checkpoint-3", "checkpoint-6"]
+    ckpt = run / "checkpoint-6"
+    assert {"rng_state_0.pth", "rng_state_1.pth", "multissl-checkpoint.json"} <= {p.name for p in ckpt.iterdir()}
+    final = load_file(str(run / "model.safetensors"))  # the one final model is rank 0's weights
+    assert final.keys() == r0.keys() and all(torch.equal(final[k], r0[k]) for k in final)
