@@ -40,7 +40,13 @@ class DataConfig:
     """Column holding the text in JSON lines and parquet files."""
 
     streaming: bool = False
-    """Stream the files instead of loading them (corpora larger than memory)."""
+    """Stream the data instead of loading or scanning it first (corpora larger than memory, millions
+    of files): read in endless passes, split across ranks and DataLoader workers by file; bad files
+    are skipped as they come. Resume is exact (the stream is replayed to where the checkpoint was)."""
+
+    shuffle_buffer: int = 1000
+    """Streams: examples are shuffled within a buffer of this many (and the file order each pass),
+    seeded; 0 keeps the order."""
 
     tokenizer: str = ""
     """Folder of a tokenizer that ``AutoTokenizer`` loads (``multissl tokenizer train``). Also ``--tokenizer``."""
@@ -59,8 +65,9 @@ class DataConfig:
     warning. Also ``--strict``."""
 
     def validate(self, where: str = "data") -> None:
-        if self.num_workers < 0:
-            raise RecipeError(f"{where}.num_workers must be >= 0, got {self.num_workers}")
+        for key in ("num_workers", "shuffle_buffer"):
+            if getattr(self, key) < 0:
+                raise RecipeError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ DETERMINISTIC = ["--encoder.dropout", "0", "--encoder.attention_dropout", "0", "
 def launch(nproc: int, args: list[str], dump: Path) -> None:
     dump.mkdir()
     env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    driver = [str(ROOT / "tests" / "ddp_driver.py"), str(RECIPE), *args]
+    driver = [str(ROOT / "tests" / "run_driver.py"), str(RECIPE), *args]
     cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                              if nproc > 1 else []), *driver]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from multissl.core.masking import MaskConfig, sample_mask
 from multissl.data.saved_datasets import is_saved_dataset, media_column
 from multissl.data.seeds import example_rng
 from multissl.data.skipping import first_decodable, warn_skipped
+from multissl.data.streams import SeededStream, media_stream
 from multissl.modalities.audio import AudioConfig
 
 log = logging.getLogger(__name__)
@@ -183,6 +185,20 @@ def scan_report(good: list[Clip], bad: list[tuple[str, str]], rate: int) -> str:
 
 # --- the dataset and the collator -----------------------------------------------------------------
 
+def load_clip(c: Clip, cfg: AudioConfig, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A checked clip as the model sees it: resampled, a random window of at most ``max_samples`` when
+    ``rng`` is given (else the start), normalised. Only the window is read from the file."""
+    n, start = c.samples(cfg.sample_rate), 0.0
+    seconds = None
+    if n > cfg.max_samples:
+        offset = int(rng.integers(0, n - cfg.max_samples + 1)) if rng is not None else 0
+        start, seconds = offset / cfg.sample_rate, cfg.max_samples / cfg.sample_rate
+    wav = read_audio(c.source(), cfg.sample_rate, start, seconds)[: cfg.max_samples]
+    if len(wav) < cfg.shortest:
+        raise ValueError(f"decoded to {len(wav)} samples")
+    return normalize(wav) if cfg.normalize else wav
+
+
 class AudioDataset(torch.utils.data.Dataset):
     """Decoded, resampled, normalised and randomly cropped waveforms. ``lengths`` lets the Trainer
     batch similar lengths together. A file that fails to decode now (it passed the scan) is replaced
@@ -202,16 +218,7 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def load(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """Clip ``i`` as the model sees it (a random window when it is too long and ``rng`` is given)."""
-        c, cfg = self.clips[i], self.cfg
-        n, start = c.samples(cfg.sample_rate), 0.0
-        seconds = None
-        if n > cfg.max_samples:
-            offset = int(rng.integers(0, n - cfg.max_samples + 1)) if rng is not None else 0
-            start, seconds = offset / cfg.sample_rate, cfg.max_samples / cfg.sample_rate
-        wav = read_audio(c.source(), cfg.sample_rate, start, seconds)[: cfg.max_samples]
-        if len(wav) < cfg.shortest:
-            raise ValueError(f"decoded to {len(wav)} samples")
-        return normalize(wav) if cfg.normalize else wav
+        return load_clip(self.clips[i], self.cfg, rng)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         seed = (self.seed, self.epoch, int(i))
@@ -220,8 +227,25 @@ class AudioDataset(torch.utils.data.Dataset):
         return {"input_values": wav, "seed": seed}
 
 
-def build_audio_dataset(data: DataConfig, cfg: AudioConfig, seed: int) -> AudioDataset:
-    """Find, check and wrap the recordings of ``data.path``; bad files are counted and named."""
+def _stream_example(row: dict[str, Any], seed: tuple[int, ...], cfg: AudioConfig, strict: bool) -> dict | None:
+    clip, why = check(Clip(row["name"], -1, 0, row["bytes"]), cfg.shortest, cfg.sample_rate)
+    try:
+        if clip is None:
+            raise ValueError(why)
+        return {"input_values": load_clip(clip, cfg, example_rng(seed))}
+    except Exception as e:  # corrupt data surfaces as several exception types
+        if strict:
+            raise BadAudioError(f"{row['name']}: {e} (data.strict is set)") from e
+        log.warning("audio: skipped %s: %s", row["name"], str(e)[:160])
+        return None
+
+
+def build_audio_dataset(data: DataConfig, cfg: AudioConfig, seed: int) -> AudioDataset | SeededStream:
+    """Find, check and wrap the recordings of ``data.path``; bad files are counted and named. With
+    ``data.streaming`` nothing is scanned up front: files are checked as they are streamed."""
+    if data.streaming:
+        rows = media_stream(data.path, data.audio_column, "data.audio_column", find_audio)
+        return SeededStream(rows, seed, partial(_stream_example, cfg=cfg, strict=data.strict), data.shuffle_buffer)
     clips, bad = scan(find_audio(data.path, data.audio_column), cfg, data.strict)
     warn_skipped(bad, len(clips), data.path, "audio", "files")
     return AudioDataset(clips, cfg, seed, data.strict)

@@ -13,7 +13,8 @@ import torch
 
 from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import BERT_MASK, BERT_RANDOM, MaskConfig, bert_mask, sample_mask
-from multissl.data.seeds import SeededDataset, SeededIterable, example_rng
+from multissl.data.seeds import SeededDataset, example_rng
+from multissl.data.streams import SeededStream
 from multissl.modalities.text import TextConfig
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def build_text_dataset(cfg: DataConfig, tokenizer, text: TextConfig, seed: int):
     """The pretraining dataset: packed blocks, each example with its own mask seed."""
     ds = pack_blocks(load_corpus(cfg), tokenizer, text)
     if _is_iterable(ds):
-        return SeededIterable(ds.select_columns(["input_ids"]), seed)
+        return SeededStream(ds.select_columns(["input_ids"]), seed, shuffle_buffer=cfg.shuffle_buffer)
     if len(ds) == 0:
         raise RecipeError(
             f"data.path: {cfg.path} holds fewer tokens than one block of adapter.max_length="

@@ -10,6 +10,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from multissl.core.masking import MaskConfig, sample_mask
 from multissl.data.saved_datasets import is_saved_dataset, media_column
 from multissl.data.seeds import example_rng
 from multissl.data.skipping import first_decodable, warn_skipped
+from multissl.data.streams import SeededStream, media_stream
 from multissl.modalities.vision import VisionConfig
 
 log = logging.getLogger(__name__)
@@ -193,8 +195,26 @@ class ImageDataset(torch.utils.data.Dataset):
         return {"pixel_values": x, "seed": seed}
 
 
-def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int) -> ImageDataset:
-    """Find, check and wrap the images of ``data.path``; bad files are counted and named."""
+def _stream_example(row: dict[str, Any], seed: tuple[int, ...], cfg: VisionConfig, strict: bool) -> dict | None:
+    picture = Picture(row["name"], row["bytes"])
+    why = check(picture, cfg.min_side)
+    try:
+        if why:
+            raise ValueError(why)
+        return {"pixel_values": train_transform(picture.open(), cfg, example_rng(seed))}
+    except Exception as e:  # corrupt data surfaces as several exception types
+        if strict:
+            raise BadImageError(f"{row['name']}: {e} (data.strict is set)") from e
+        log.warning("vision: skipped %s: %s", row["name"], str(e)[:160])
+        return None
+
+
+def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int) -> ImageDataset | SeededStream:
+    """Find, check and wrap the images of ``data.path``; bad files are counted and named. With
+    ``data.streaming`` nothing is scanned up front: images are checked as they are streamed."""
+    if data.streaming:
+        rows = media_stream(data.path, data.image_column, "data.image_column", find_images)
+        return SeededStream(rows, seed, partial(_stream_example, cfg=cfg, strict=data.strict), data.shuffle_buffer)
     good, bad = scan_images(find_images(data.path, data.image_column), cfg, data.strict)
     warn_skipped(bad, len(good), data.path, "vision", "images")
     return ImageDataset(good, cfg, seed, data.strict)

@@ -1,0 +1,120 @@
+"""Streamed inputs for corpora larger than memory or too many files to scan first. A stream is a
+``datasets`` IterableDataset, read in passes (epochs) without end; each rank reads its own part
+(``split_dataset_by_node``) and ``datasets`` divides that among DataLoader workers. Every example is
+seeded by (seed, epoch, part, index), so a resumed run sees the same examples with the same masks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from multissl.config import RecipeError
+from multissl.data.saved_datasets import is_saved_dataset
+
+log = logging.getLogger(__name__)
+
+Make = Callable[[dict[str, Any], tuple[int, ...]], dict[str, Any] | None]
+
+
+def _rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class SeededStream(torch.utils.data.IterableDataset):
+    """An endless stream of examples from ``ds``; ``make(row, seed)`` turns a row into an example
+    (None: unusable, skipped; it logs why). ``shards_itself`` tells the trainer not to shard it again.
+
+    >>> import datasets
+    >>> ds = datasets.Dataset.from_dict({"x": [1, 2, 3]}).to_iterable_dataset()
+    >>> it = iter(SeededStream(ds, seed=7))
+    >>> [next(it) for _ in range(4)][3]
+    {'x': 1, 'seed': (7, 1, 0, 0)}
+    """
+
+    shards_itself = True
+
+    def __init__(self, ds: Any, seed: int, make: Make | None = None, shuffle_buffer: int = 0):
+        self.ds, self.seed, self.make = ds, seed, make
+        if shuffle_buffer > 0:
+            self.ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)  # file order and a buffer, per pass
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passes are counted by the stream itself (the Trainer sees one endless epoch)."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from datasets.distributed import split_dataset_by_node
+
+        rank, world = _rank()
+        info = torch.utils.data.get_worker_info()
+        part = rank * (info.num_workers if info else 1) + (info.id if info else 0)
+        ds = split_dataset_by_node(self.ds, rank, world) if world > 1 else self.ds
+        epoch = 0
+        while True:
+            ds.set_epoch(epoch)
+            rows = 0
+            for i, row in enumerate(ds):
+                rows += 1
+                seed = (self.seed, epoch, part, i)
+                example = row if self.make is None else self.make(row, seed)
+                if example is not None:
+                    yield {**example, "seed": seed}
+            if rows == 0:
+                return  # this worker's part is empty (fewer files than workers)
+            epoch += 1
+
+
+def _rows(items: list[tuple[str, bytes | None]]) -> Iterator[dict[str, Any]]:
+    for name, data in items:
+        yield {"name": name, "bytes": data}
+
+
+def media_stream(spec: str, column: str, key: str, find: Callable[[str], list[Any]]) -> Any:
+    """Rows ``{"name", "bytes"}`` for every part of ``spec``: ``datasets`` folders stream their arrow
+    files (``bytes`` from ``column``); files, folders and manifests are listed by ``find`` (names
+    only; nothing is opened until it is streamed). One shard per file, so ranks and workers split
+    them."""
+    import datasets
+
+    parts, listed = [], []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        path = Path(part)
+        if is_saved_dataset(path):
+            parts.append(_saved_rows(path, column, key))
+        else:
+            for item in find(part):
+                if item.data is not None and not isinstance(item.data, bytes):
+                    raise RecipeError(f"data.path: {part}: arrays are read whole; set data.streaming to false")
+                listed.append((item.name, item.data))
+    if listed:
+        features = datasets.Features({"name": datasets.Value("string"), "bytes": datasets.Value("binary")})
+        parts.append(datasets.IterableDataset.from_generator(_rows, features=features,
+                                                             gen_kwargs={"items": listed}))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _saved_rows(path: Path, column: str, key: str) -> Any:
+    import datasets
+
+    files = sorted(str(f) for f in path.rglob("*.arrow"))
+    split = [f for f in files if "/train/" in f] or files  # a DatasetDict: its train split
+    ds = datasets.load_dataset("arrow", data_files=split, split="train", streaming=True)
+    if column not in (ds.column_names or []):
+        raise RecipeError(f"{key}: {path} has no column {column!r} (columns: {', '.join(ds.column_names or [])})")
+    feature = ds.features[column] if ds.features else None
+    if isinstance(feature, datasets.Audio | datasets.Image):
+        ds = ds.cast_column(column, type(feature)(decode=False))
+
+    def to_row(row: dict[str, Any]) -> dict[str, Any]:
+        cell = row[column]
+        if isinstance(cell, dict):
+            return {"name": cell.get("path") or f"{path}[row]", "bytes": cell.get("bytes")}
+        return {"name": str(cell), "bytes": None}
+
+    return ds.map(to_row, remove_columns=ds.column_names)

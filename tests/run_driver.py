@@ -1,0 +1,46 @@
+"""Run ``multissl pretrain`` in a child process (one rank of a torchrun job, or alone) for the
+distributed and kill tests. With ``DUMP`` set, each rank writes its weights to ``$DUMP/rank{r}.pt``
+at the end; with ``SEEN`` set, each forward appends the update number and a hash of every input row
+to ``$SEEN.rank{r}`` (to count what was trained on); ``SLOW`` adds that many seconds per forward."""
+
+import json
+import os
+import sys
+import time
+
+import torch
+from transformers import TrainerCallback
+
+from multissl.config import load_recipe
+from multissl.core.data2vec import Data2Vec
+from multissl.train import pretrain
+
+
+class DumpWeights(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save(weights, os.path.join(os.environ["DUMP"], f"rank{args.process_index}.pt"))
+
+
+def record_inputs(path: str, slow: float) -> None:
+    forward = Data2Vec.forward
+
+    def logged(self, inputs, mask, student_inputs=None, **kwargs):
+        rows = next(iter(inputs.values()))
+        line = {"update": int(self.ema_updates), "rows": [hash(tuple(r.flatten().tolist())) for r in rows]}
+        with open(f"{path}.rank{os.environ.get('RANK', '0')}", "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        time.sleep(slow)
+        return forward(self, inputs, mask, student_inputs, **kwargs)
+
+    Data2Vec.forward = logged
+
+
+if __name__ == "__main__":
+    recipe, *overrides = sys.argv[1:]
+    resume = "--resume" in overrides
+    overrides = [o for o in overrides if o != "--resume"]
+    if os.environ.get("SEEN"):
+        record_inputs(os.environ["SEEN"], float(os.environ.get("SLOW", "0")))
+    callbacks = [DumpWeights()] if os.environ.get("DUMP") else []
+    pretrain(load_recipe(recipe, overrides), resume=resume, callbacks=callbacks)
