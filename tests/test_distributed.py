@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,8 +16,9 @@ RECIPE = ROOT / "recipes" / "text" / "tiny-v2.yaml"
 # dropout and the decoder's input noise draw from each rank's own generator; turned off here so that
 # the two runs see identical randomness and must agree to float tolerance
 DETERMINISTIC = ["--encoder.dropout", "0", "--encoder.attention_dropout", "0", "--encoder.activation_dropout", "0",
-                 "--method.mask_noise_std", "0", "--decoder.input_dropout", "0", "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3",
-                 "--warmup_steps", "2", "--schedule", "cosine", "--method.clones", "2"]
+                 "--method.mask_noise_std", "0", "--decoder.input_dropout", "0", "--max_steps", "6",
+                 "--logging_steps", "1", "--save_steps", "3", "--warmup_steps", "2", "--schedule", "cosine",
+                 "--method.clones", "2"]
 
 
 def launch(nproc: int, args: list[str], dump: Path) -> None:
@@ -66,3 +68,38 @@ def test_two_ranks_follow_one_rank_with_the_same_global_batch(tiny_args, tmp_pat
     assert {"rng_state_0.pth", "rng_state_1.pth", "multissl-checkpoint.json"} <= {p.name for p in ckpt.iterdir()}
     final = load_file(str(run / "model.safetensors"))  # the one final model is rank 0's weights
     assert final.keys() == r0.keys() and all(torch.equal(final[k], r0[k]) for k in final)
+
+
+def seen_rows(path: Path, rank: int) -> list[int]:
+    lines = Path(f"{path}.rank{rank}").read_text().splitlines()
+    return [r for line in lines for r in json.loads(line)["rows"]]
+
+
+@pytest.mark.parametrize("modality", ["text", "audio", "vision"])
+def test_streams_are_split_between_ranks(modality, tiny_args, speech_dir, image_dirs, kjv_rows, tmp_path):
+    """Each rank reads its own files of a stream (2 ranks, 4 files): no example is trained on twice."""
+    from tests.conftest import TINY_AUDIO, TINY_VISION
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if modality == "text":
+        recipe, extra = RECIPE, tiny_args
+        for k in range(4):
+            (data / f"part{k}.txt").write_text("\n".join(r["text"] for r in kjv_rows[k * 50:(k + 1) * 50]) + "\n")
+    else:
+        recipe = ROOT / "recipes" / modality / "tiny.yaml"
+        extra = TINY_AUDIO if modality == "audio" else TINY_VISION
+        found = speech_dir.glob("*.wav") if modality == "audio" else image_dirs[0].glob("*.png")
+        files = sorted(found)[:8]
+        for f in files:
+            (data / f.name).write_bytes(f.read_bytes())
+    args = [*extra, "--data", str(data), "--streaming", "true", "--max_steps", "2", "--batch_size", "2",
+            "--output_dir", str(tmp_path / "run"), "--report_to", "none"]
+    env = {**os.environ, "SEEN": str(tmp_path / "seen"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "run_driver.py"), str(recipe), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = seen_rows(tmp_path / "seen", 0), seen_rows(tmp_path / "seen", 1)
+    assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)
+    assert int(load_file(str(tmp_path / "run" / "model.safetensors"))["ema_updates"]) == 2

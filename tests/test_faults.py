@@ -109,7 +109,8 @@ def test_resume_falls_back_from_a_damaged_newest_checkpoint(tiny_args, tmp_path,
         (newest / "multissl-checkpoint.json").unlink()
     with caplog.at_level("WARNING"):
         run(tiny_args, "--max_steps", "9", resume=True)
-    why = {"truncate": "optimizer.pt is truncated", "flip": "optimizer.pt is corrupt", "unsealed": "no valid multissl-checkpoint.json"}
+    why = {"truncate": "optimizer.pt is truncated", "flip": "optimizer.pt is corrupt",
+           "unsealed": "no valid multissl-checkpoint.json"}
     assert f"checkpoint-6 is unusable: {why[damage]}" in caplog.text and "falling back" in caplog.text
     assert (part / "checkpoint-6.bad").is_dir() and problem(part / "checkpoint-6") is None  # set aside, redone
     assert max_diff(load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))) <= 1e-6

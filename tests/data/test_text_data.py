@@ -45,9 +45,13 @@ def test_formats_give_the_same_blocks(tmp_path, kjv_rows, tok):
 def test_streaming_matches_loaded(tmp_path, kjv_file, tok):
     cfg = text_cfg(tok)
     loaded = build_text_dataset(DataConfig(path=str(kjv_file)), tok, cfg, seed=0)
-    streamed = build_text_dataset(DataConfig(path=str(kjv_file), streaming=True), tok, cfg, seed=0)
-    first = [ex["input_ids"] for _, ex in zip(range(20), streamed, strict=False)]
+    in_order = build_text_dataset(DataConfig(path=str(kjv_file), streaming=True, shuffle_buffer=0), tok, cfg, seed=0)
+    first = [ex["input_ids"] for _, ex in zip(range(20), in_order, strict=False)]
     assert first == [loaded[i]["input_ids"] for i in range(20)]
+    shuffled = build_text_dataset(DataConfig(path=str(kjv_file), streaming=True, shuffle_buffer=50), tok, cfg, seed=0)
+    mixed = [ex["input_ids"] for _, ex in zip(range(20), shuffled, strict=False)]
+    blocks = [loaded[i]["input_ids"] for i in range(70)]
+    assert mixed != first and all(b in blocks for b in mixed)  # drawn from a 50-block buffer
 
 
 def test_blank_lines_and_bad_bytes_are_handled_and_counted(tmp_path, kjv_rows, tok, caplog):

@@ -159,3 +159,16 @@ def test_beit_masks_have_the_reference_statistics():
 
     sizes = np.bincount(ndimage.label(m)[0].ravel())[1:]
     assert sizes.max() >= 16  # rectangles, not scattered patches
+
+
+def test_streamed_folder_skips_and_names_bad_images_as_they_come(tmp_path, photo, image_dirs, caplog):
+    d = _bad_folder(tmp_path, photo, image_dirs)
+    examples = []
+    with caplog.at_level(logging.WARNING):
+        for example in build_image_dataset(DataConfig(path=str(d), streaming=True), CFG, seed=0):
+            if example["seed"][1] > 0:
+                break
+            examples.append(example)
+    assert len(examples) == 2 and all(e["pixel_values"].shape == (3, 32, 32) for e in examples)  # digit, good
+    for name in ("truncated.png", "empty.jpg", "noise.webp", "one.png"):
+        assert f"skipped {d / name}" in caplog.text
