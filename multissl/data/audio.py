@@ -270,7 +270,7 @@ class AudioCollator:
         att = np.zeros(wav.shape, dtype=np.int64)
         for i, e in enumerate(examples):
             wav[i, : lengths[i]], att[i, : lengths[i]] = e["input_values"], 1
-        frames = [self.cfg.frames(n) for n in lengths]
+        frames = [max(0, self.cfg.frames(n)) for n in lengths]  # shorter than the receptive field: no frames
         masks = np.zeros((len(examples) * self.clones, max(frames)), dtype=bool)
         for i, e in enumerate(examples):
             rng = example_rng((*e["seed"], 1))  # stream 1: masks; the crop used the base stream
