@@ -139,10 +139,11 @@ class TrainConfig:
     """``torch.compile`` each transformer block of the student and the teacher (shapes marked dynamic,
     since sparse students see varying lengths)."""
 
-    fsdp: str = ""
-    """FSDP for models that do not fit one device, as transformers' ``TrainingArguments.fsdp`` takes it
-    (e.g. ``full_shard auto_wrap``); blocks are the wrapping unit, so the teacher's blocks are sharded
-    like the student's. Empty: DDP under torchrun."""
+    fsdp: Literal["", "full_shard", "shard_grad_op"] = ""
+    """FSDP (version 2, through the Trainer) for models that do not fit one device: ``full_shard``
+    also frees the gathered weights after each forward, ``shard_grad_op`` keeps them until the
+    backward. Each transformer block is a unit; the teacher is sharded like the student. Empty: DDP
+    under torchrun."""
 
     def validate(self, where: str = "train") -> None:
         for key in ("max_steps", "batch_size", "grad_accum", "logging_steps", "save_steps", "max_nonfinite"):

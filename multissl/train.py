@@ -74,8 +74,11 @@ def training_arguments(recipe: Recipe, output_dir: str) -> TrainingArguments:
     if t.schedule == "warmup_stable_decay":
         kwargs["lr_scheduler_kwargs"] = {"num_decay_steps": t.decay_steps}
     if t.fsdp:
-        kwargs["fsdp"] = t.fsdp
-        kwargs["fsdp_config"] = {"transformer_layer_cls_to_wrap": ["Block"], "use_orig_params": True}
+        # FSDP2 shards each parameter on its own, so a teacher tensor and its student tensor are split
+        # alike on every rank and the EMA's foreach ops pair local shards
+        kwargs["fsdp"] = True
+        kwargs["fsdp_config"] = {"version": 2, "transformer_layer_cls_to_wrap": ["Block"],
+                                 "reshard_after_forward": t.fsdp == "full_shard"}
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=output_dir, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
@@ -129,6 +132,10 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
         raise RecipeError(f"train.output_dir: {run_dir} exists and is not empty "
                           "(pass --resume to continue it or --overwrite to replace it)")
     args = training_arguments(recipe, str(run_dir))  # under torchrun this joins the process group
+    if recipe.train.fsdp and not (torch.cuda.is_available() and args.world_size > 1):
+        raise RecipeError(f"train.fsdp={recipe.train.fsdp!r} needs a torchrun job on several CUDA GPUs (accelerate "
+                          f"shards only there); this job has {args.world_size} process(es) on "
+                          f"{'CUDA' if torch.cuda.is_available() else 'the CPU'}. Leave train.fsdp empty for DDP.")
     main = args.should_save
     modality, model, dataset, collator, preprocessor = build_model(recipe)
     start = None

@@ -17,8 +17,17 @@ from multissl.train import pretrain
 
 
 class DumpWeights(TrainerCallback):
+    """Full tensors, plus under FSDP the shape of each rank's own shard (key ``shard:NAME``)."""
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        from torch.distributed.tensor import DTensor
+
+        weights = {}
+        for k, v in model.state_dict().items():
+            if isinstance(v, DTensor):
+                weights[f"shard:{k}"] = torch.tensor(v.to_local().shape)
+                v = v.full_tensor()
+            weights[k] = v.detach().clone()
         torch.save(weights, os.path.join(os.environ["DUMP"], f"rank{args.process_index}.pt"))
 
 

@@ -103,3 +103,35 @@ def test_streams_are_split_between_ranks(modality, tiny_args, speech_dir, image_
     r0, r1 = seen_rows(tmp_path / "seen", 0), seen_rows(tmp_path / "seen", 1)
     assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)
     assert int(load_file(str(tmp_path / "run" / "model.safetensors"))["ema_updates"]) == 2
+
+
+def test_fsdp2_shards_the_teacher_like_the_student_and_matches_one_process(tiny_args, tmp_path):
+    """The EMA over sharded parameters: each rank averages its own shard of each teacher tensor with
+    the same shard of the student's, so the result equals the unsharded run."""
+    fast_ema = ["--method.ema.decay", "0.5", "--method.ema.end_decay", "0.5"]  # the teacher moves visibly
+    args = [str(ROOT / "tests" / "fsdp_driver.py"), str(RECIPE), *tiny_args, *DETERMINISTIC, *fast_ema]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone",
+                                                 "--nproc_per_node=2"])):
+        (tmp_path / name).mkdir()
+        done = subprocess.run([sys.executable, *launcher, *args], env={**env, "OUT": str(tmp_path / name)},
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    shards = json.loads((tmp_path / "two" / "shards.json").read_text())
+    teacher = {k: v for k, v in shards.items() if k.startswith("teacher.blocks.")}
+    assert teacher and all(shards["encoder." + k[len("teacher."):]] == v for k, v in teacher.items())
+    qkv = shards["teacher.blocks.0.attn.qkv.weight"]
+    assert qkv[0] == "S(0)" and qkv[1][0] * 2 == qkv[2][0]  # each rank holds half the rows
+    one, two = torch.load(tmp_path / "one" / "weights.pt"), torch.load(tmp_path / "two" / "weights.pt")
+    assert one.keys() == two.keys() and int(two["ema_updates"]) == 3
+    assert max((one[k].double() - two[k].double()).abs().max().item() for k in one) < 1e-4
+    moved = (one["teacher.blocks.0.attn.qkv.weight"] - one["encoder.blocks.0.attn.qkv.weight"]).abs().max()
+    assert moved > 5e-4  # the EMA lag is 5x the tolerance: a shard left unaveraged would show
+
+
+def test_fsdp_outside_a_multi_gpu_job_is_a_one_line_error(tiny_args):
+    from multissl.config import RecipeError, load_recipe
+    from multissl.train import pretrain
+
+    with pytest.raises(RecipeError, match=r"train.fsdp='full_shard' needs a torchrun job on several CUDA GPUs"):
+        pretrain(load_recipe(RECIPE, [*tiny_args, "--fsdp", "full_shard"]))
