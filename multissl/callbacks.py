@@ -6,11 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from multissl.config import Recipe
+from multissl.core.distributed import all_sum
 from multissl.core.health import check_health
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,36 @@ class NonFiniteGuard(TrainerCallback):
                             f"{state.global_step}; last healthy step {t.last_healthy.get('step', 'none')}: {healthy}")
             control.should_save = True
             control.should_training_stop = True
+
+
+class PreemptionGuard(TrainerCallback):
+    """On SIGTERM or SIGUSR1 (what schedulers send before they pre-empt a job) the run finishes the
+    update under way, saves a checkpoint and stops; every rank stops at the same step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: str | None = None
+        self.message: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if all_sum(torch.tensor(float(self.received is not None), device=args.device)) > 0 and self.message is None:
+            self.message = f"{self.received or 'a signal on another rank'} at step {state.global_step}"
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
 class EMACallback(TrainerCallback):

@@ -198,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest and not getattr(args, "extra", False):
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     from multissl.checkpoints import CheckpointError
-    from multissl.train import CollapseError, NonFiniteError
+    from multissl.train import CollapseError, NonFiniteError, Preempted
 
     try:
         args.func(args, rest)
-    except (CollapseError, NonFiniteError, CheckpointError) as e:
+    except (CollapseError, NonFiniteError, CheckpointError, Preempted) as e:
         print(f"multissl: stopped: {e}", file=sys.stderr)
         return 3
     except USAGE_ERRORS as e:

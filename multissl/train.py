@@ -14,7 +14,7 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from multissl.callbacks import EMACallback, HealthCallback, MetricsFileCallback, NonFiniteGuard
+from multissl.callbacks import EMACallback, HealthCallback, MetricsFileCallback, NonFiniteGuard, PreemptionGuard
 from multissl.checkpoints import checkpoints, latest_good
 from multissl.config import Recipe, RecipeError, from_dict
 from multissl.core.data2vec import Data2Vec
@@ -35,6 +35,10 @@ class CollapseError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
     """Training stopped after too many non-finite updates in a row."""
+
+
+class Preempted(RuntimeError):
+    """Training stopped on a signal after saving a checkpoint; ``--resume`` continues it."""
 
 
 def build_model(recipe: Recipe) -> tuple[Modality, Data2Vec, Any, Any, Any]:
@@ -155,12 +159,15 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
     if recipe.train.compile:
         model.compile_blocks()
     trainer = Data2VecTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
-    guards = [NonFiniteGuard(trainer, recipe.train.max_nonfinite), HealthCallback(recipe)]
+    guards = [NonFiniteGuard(trainer, recipe.train.max_nonfinite), HealthCallback(recipe), PreemptionGuard()]
     for cb in [*guards, EMACallback(trainer), MetricsFileCallback(), *(callbacks or [])]:
         trainer.add_callback(cb)
     trainer.train(resume_from_checkpoint=str(start) if start else None)
+    nonfinite, health, preemption = guards
+    if preemption.message:  # no final weights: the run is not finished
+        raise Preempted(f"stopped by {preemption.message}; checkpoint-{trainer.state.global_step} saved in "
+                        f"{run_dir}; continue with --resume")
     trainer.save_final(run_dir)
-    nonfinite, health = guards
     if nonfinite.message:
         raise NonFiniteError(f"{nonfinite.message}; checkpoint saved in {run_dir}. Lower train.lr or set "
                              "train.max_grad_norm.")

@@ -5,8 +5,10 @@ to ``$SEEN.rank{r}`` (to count what was trained on); ``SLOW`` adds that many sec
 
 import json
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -14,6 +16,25 @@ from transformers import TrainerCallback
 from multissl.config import load_recipe
 from multissl.core.data2vec import Data2Vec
 from multissl.train import pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn(recipe: Path, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """This driver in a child process (stdout dropped, stderr kept)."""
+    return subprocess.Popen([sys.executable, __file__, str(recipe), *args],
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_update(seen: Path, update: int, timeout: float = 300) -> None:
+    """Block until the child logging to ``seen`` has started forward number ``update`` (0-based)."""
+    log, deadline = Path(f"{seen}.rank0"), time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and any(json.loads(x)["update"] >= update for x in log.read_text().splitlines()):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{log}: update {update} did not start")
 
 
 class DumpWeights(TrainerCallback):

@@ -137,3 +137,21 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_args, monke
     monkeypatch.setattr(safetensors.torch, "save_file", real)
     run(tiny_args, "--max_steps", "9", resume=True)  # and the run goes on from it
     assert int(load_file(str(part / "model.safetensors"))["ema_updates"]) == 9
+
+
+def test_sigterm_saves_a_checkpoint_stops_and_resumes_exactly(tiny_args, tmp_path):
+    import signal
+
+    from tests.run_driver import spawn, wait_for_update
+
+    args = [*tiny_args, "--max_steps", "8", "--save_steps", "100"]
+    whole = run(args, "--output_dir", str(tmp_path / "whole"))
+    part = tmp_path / "part"
+    child = spawn(TINY, [*args, "--output_dir", str(part)], {"SEEN": str(tmp_path / "seen"), "SLOW": "0.3"})
+    wait_for_update(tmp_path / "seen", 2)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode != 0 and "stopped by SIGTERM at step 3; checkpoint-3 saved" in err, err[-2000:]
+    assert problem(part / "checkpoint-3") is None and not (part / "model.safetensors").exists()
+    run(args, "--output_dir", str(part), resume=True)
+    assert max_diff(load_file(str(whole / "model.safetensors")), load_file(str(part / "model.safetensors"))) <= 1e-6

@@ -2,11 +2,8 @@
 exactly after a SIGKILL in the middle of a pass."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from safetensors.torch import load_file
 
 from multissl.config import load_recipe
 from multissl.train import build_model
+from tests.run_driver import spawn, wait_for_update
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "text" / "tiny-v2.yaml"
@@ -32,9 +30,7 @@ def shards(tmp_path, kjv_rows) -> Path:
 
 
 def child(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_driver.py"), str(RECIPE), *args],
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return spawn(RECIPE, args, env)
 
 
 def finish(proc: subprocess.Popen) -> None:
@@ -54,12 +50,7 @@ def test_streamed_run_killed_mid_pass_resumes_exactly(tiny_args, shards, tmp_pat
 
     part = tmp_path / "part"
     killed = child([*args, "--output_dir", str(part)], {"SEEN": str(tmp_path / "killed-seen"), "SLOW": "0.3"})
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill once update 10 is under way: past checkpoint-8, mid-pass
-        log = Path(f"{tmp_path / 'killed-seen'}.rank0")
-        if log.exists() and any(json.loads(x)["update"] >= 9 for x in log.read_text().splitlines()):
-            break
-        time.sleep(0.05)
+    wait_for_update(tmp_path / "killed-seen", 9)  # update 10 is under way: past checkpoint-8, mid-pass
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
