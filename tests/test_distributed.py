@@ -68,6 +68,12 @@ def test_two_ranks_follow_one_rank_with_the_same_global_batch(tiny_args, tmp_pat
     assert {"rng_state_0.pth", "rng_state_1.pth", "multissl-checkpoint.json"} <= {p.name for p in ckpt.iterdir()}
     final = load_file(str(run / "model.safetensors"))  # the one final model is rank 0's weights
     assert final.keys() == r0.keys() and all(torch.equal(final[k], r0[k]) for k in final)
+    from transformers import AutoModel
+
+    from multissl.export.hf import export
+
+    out = export(run, tmp_path / "export")  # checks parity with the HF class on its way
+    assert AutoModel.from_pretrained(out).config.num_hidden_layers == 3
 
 
 def seen_rows(path: Path, rank: int) -> list[int]:

@@ -54,6 +54,11 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_args, tmp_p
     assert int(b["ema_updates"]) == 6
 
 
+def test_only_the_newest_checkpoints_are_kept(tiny_args):
+    run_dir = run(tiny_args, "--max_steps", "5", "--save_steps", "1", "--save_total_limit", "2")
+    assert sorted(p.name for p in run_dir.iterdir() if "checkpoint" in p.name) == ["checkpoint-4", "checkpoint-5"]
+
+
 def test_ema_steps_once_per_optimiser_update(tiny_args):
     run_dir = run(tiny_args, "--max_steps", "3", "--grad_accum", "2")
     assert int(load_file(str(run_dir / "model.safetensors"))["ema_updates"]) == 3

@@ -196,6 +196,8 @@ def load_clip(c: Clip, cfg: AudioConfig, rng: np.random.Generator | None = None)
     wav = read_audio(c.source(), cfg.sample_rate, start, seconds)[: cfg.max_samples]
     if len(wav) < cfg.shortest:
         raise ValueError(f"decoded to {len(wav)} samples")
+    if not np.isfinite(wav).all():  # float files can hold NaN or inf; they would poison the loss
+        raise ValueError("holds NaN or infinite samples")
     return normalize(wav) if cfg.normalize else wav
 
 
