@@ -1,7 +1,8 @@
 """Run ``multissl pretrain`` in a child process (one rank of a torchrun job, or alone) for the
 distributed and kill tests. With ``DUMP`` set, each rank writes its weights to ``$DUMP/rank{r}.pt``
 at the end; with ``SEEN`` set, each forward appends the update number and a hash of every input row
-to ``$SEEN.rank{r}`` (to count what was trained on); ``SLOW`` adds that many seconds per forward."""
+to ``$SEEN.rank{r}`` (to count what was trained on); ``SLOW`` adds that many seconds per forward;
+``POISON=rank:update`` makes that rank's forward of that update (1-based) produce NaN."""
 
 import json
 import os
@@ -66,6 +67,20 @@ def record_inputs(path: str, slow: float) -> None:
     Data2Vec.forward = logged
 
 
+class Poison(TrainerCallback):
+    """Makes the forward passes of the given updates (1-based) produce NaN features, on one rank or all."""
+
+    def __init__(self, updates: set[int], rank: int | None = None):
+        self.updates, self.rank, self.handle = updates, rank, None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        if self.rank in (None, args.process_index) and state.global_step + 1 in self.updates:
+            self.handle = model.encoder.local.register_forward_hook(lambda m, i, o: (o[0] * float("nan"), o[1]))
+
+
 if __name__ == "__main__":
     recipe, *overrides = sys.argv[1:]
     resume = "--resume" in overrides
@@ -73,4 +88,7 @@ if __name__ == "__main__":
     if os.environ.get("SEEN"):
         record_inputs(os.environ["SEEN"], float(os.environ.get("SLOW", "0")))
     callbacks = [DumpWeights()] if os.environ.get("DUMP") else []
+    if os.environ.get("POISON"):
+        rank, update = map(int, os.environ["POISON"].split(":"))
+        callbacks.append(Poison({update}, rank))
     pretrain(load_recipe(recipe, overrides), resume=resume, callbacks=callbacks)

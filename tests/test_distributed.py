@@ -21,9 +21,9 @@ DETERMINISTIC = ["--encoder.dropout", "0", "--encoder.attention_dropout", "0", "
                  "--method.clones", "2"]
 
 
-def launch(nproc: int, args: list[str], dump: Path) -> None:
+def launch(nproc: int, args: list[str], dump: Path, **extra: str) -> None:
     dump.mkdir()
-    env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
     driver = [str(ROOT / "tests" / "run_driver.py"), str(RECIPE), *args]
     cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                              if nproc > 1 else []), *driver]
@@ -74,6 +74,16 @@ def test_two_ranks_follow_one_rank_with_the_same_global_batch(tiny_args, tmp_pat
 
     out = export(run, tmp_path / "export")  # checks parity with the HF class on its way
     assert AutoModel.from_pretrained(out).config.num_hidden_layers == 3
+
+
+def test_a_nan_on_one_rank_skips_the_update_on_every_rank(tiny_args, tmp_path):
+    args = [*tiny_args, "--max_steps", "4", "--logging_steps", "1", "--batch_size", "2",
+            "--output_dir", str(tmp_path / "run")]
+    launch(2, args, tmp_path / "dump", POISON="1:2")  # rank 1's forward of update 2 gives NaN
+    assert [r["skipped_updates"] for r in rows(tmp_path / "run")] == [0, 1, 1, 1]
+    r0, r1 = torch.load(tmp_path / "dump" / "rank0.pt"), torch.load(tmp_path / "dump" / "rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0) and int(r0["ema_updates"]) == 3
+    assert all(torch.isfinite(v.double()).all() for v in r0.values())
 
 
 def seen_rows(path: Path, rank: int) -> list[int]:

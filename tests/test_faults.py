@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from multissl.checkpoints import CheckpointError, problem
 from multissl.config import load_recipe
 from multissl.train import CollapseError, NonFiniteError, pretrain
+from tests.run_driver import Poison
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "text" / "tiny-v2.yaml"
@@ -30,20 +31,6 @@ def out_dir(args) -> Path:
 
 def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-class Poison(TrainerCallback):
-    """Makes the forward passes of the given updates (1-based) produce NaN features."""
-
-    def __init__(self, steps):
-        self.steps, self.handle = steps, None
-
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-        if state.global_step + 1 in self.steps:
-            self.handle = model.encoder.local.register_forward_hook(lambda m, i, o: (o[0] * float("nan"), o[1]))
 
 
 class StopAt(TrainerCallback):
