@@ -67,6 +67,17 @@ def record_inputs(path: str, slow: float) -> None:
     Data2Vec.forward = logged
 
 
+class StopAt(TrainerCallback):
+    """Stops training politely after the given update."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
 class Poison(TrainerCallback):
     """Makes the forward passes of the given updates (1-based) produce NaN features, on one rank or all."""
 

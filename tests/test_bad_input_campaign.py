@@ -2,7 +2,6 @@
 unusable file is skipped and named, every usable one is trained on, and the run finishes. The
 generators and collators get property-based inputs in tests/core and tests/data."""
 
-import io
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from multissl.config import load_recipe
 from multissl.data.audio import read_audio
 from multissl.train import pretrain
 from tests.conftest import TINY_AUDIO, TINY_VISION
+from tests.data.test_vision_data import bad_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,21 +44,16 @@ def speech_folder(d: Path, speech_dir: Path) -> tuple[list[str], list[str]]:
 
 def image_folder(d: Path, image_dirs) -> tuple[list[str], list[str]]:
     photo = Image.open(image_dirs[2][0]).convert("RGB")
-    digit = Image.open(sorted(image_dirs[0].glob("*.png"))[0])
-    photo.save(d / "photo.jpg")
+    bad_image_folder(d, photo, image_dirs)  # writes d / "imgs"
+    d = d / "imgs"
+    digit = Image.open(d / "digit.png")
     digit.convert("L").save(d / "grey.png")
     photo.convert("RGBA").save(d / "alpha.png")
     photo.convert("P").save(d / "palette.gif")
     Image.fromarray(np.asarray(digit.convert("L"), np.uint16) * 257).save(d / "deep16.png")
     photo.convert("CMYK").save(d / "cmyk.jpg")
-    buf = io.BytesIO()
-    photo.save(buf, format="PNG")
-    (d / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    (d / "empty.jpg").write_bytes(b"")
-    (d / "noise.webp").write_bytes(os.urandom(3000))
-    Image.new("RGB", (1, 1)).save(d / "one.png")
     (d / "page.jpg").write_text("<html>not found</html>")
-    return (["photo.jpg", "grey.png", "alpha.png", "palette.gif", "deep16.png", "cmyk.jpg"],
+    return (["cats/good.jpg", "digit.png", "grey.png", "alpha.png", "palette.gif", "deep16.png", "cmyk.jpg"],
             ["truncated.png", "empty.jpg", "noise.webp", "one.png", "page.jpg"])
 
 
@@ -73,7 +68,11 @@ CASES = {
 def test_media_folder_of_malformed_files(modality, streaming, tmp_path, speech_dir, image_dirs, caplog):
     d = tmp_path / "data"
     d.mkdir()
-    good, bad = speech_folder(d, speech_dir) if modality == "audio" else image_folder(d, image_dirs)
+    if modality == "audio":
+        good, bad = speech_folder(d, speech_dir)
+    else:
+        good, bad = image_folder(d, image_dirs)
+        d = d / "imgs"
     recipe, tiny = CASES[modality]
     steps = 4  # more than one pass over the usable files, so each one is read
     args = [*tiny, "--data", str(d), "--output_dir", str(tmp_path / "run"), "--max_steps", str(steps),

@@ -10,12 +10,11 @@ import pytest
 import safetensors.torch
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
 from multissl.checkpoints import CheckpointError, problem
 from multissl.config import load_recipe
 from multissl.train import CollapseError, NonFiniteError, pretrain
-from tests.run_driver import Poison
+from tests.run_driver import Poison, StopAt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "text" / "tiny-v2.yaml"
@@ -31,15 +30,6 @@ def out_dir(args) -> Path:
 
 def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def max_diff(a: dict, b: dict) -> float:

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
 from multissl.config import RecipeError, load_recipe
 from multissl.train import CollapseError, pretrain
+from tests.run_driver import StopAt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "text" / "tiny-v2.yaml"
@@ -15,15 +15,6 @@ TINY = ROOT / "recipes" / "text" / "tiny-v2.yaml"
 
 def run(args, *extra, callbacks=None, resume=False, overwrite=False):
     return pretrain(load_recipe(TINY, [*args, *extra]), resume=resume, overwrite=overwrite, callbacks=callbacks)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_pretrain_writes_run_folder_and_logs(tiny_args):

@@ -21,7 +21,7 @@ from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig, sample_mask
 from multissl.data.saved_datasets import is_saved_dataset, media_column
 from multissl.data.seeds import example_rng
-from multissl.data.skipping import first_decodable, warn_skipped
+from multissl.data.skipping import first_decodable, made_or_skipped, warn_skipped
 from multissl.data.streams import SeededStream, media_stream
 from multissl.modalities.audio import AudioConfig
 
@@ -230,16 +230,13 @@ class AudioDataset(torch.utils.data.Dataset):
 
 
 def _stream_example(row: dict[str, Any], seed: tuple[int, ...], cfg: AudioConfig, strict: bool) -> dict | None:
-    clip, why = check(Clip(row["name"], -1, 0, row["bytes"]), cfg.shortest, cfg.sample_rate)
-    try:
+    def make() -> dict[str, Any]:
+        clip, why = check(Clip(row["name"], -1, 0, row["bytes"]), cfg.shortest, cfg.sample_rate)
         if clip is None:
             raise ValueError(why)
         return {"input_values": load_clip(clip, cfg, example_rng(seed))}
-    except Exception as e:  # corrupt data surfaces as several exception types
-        if strict:
-            raise BadAudioError(f"{row['name']}: {e} (data.strict is set)") from e
-        log.warning("audio: skipped %s: %s", row["name"], str(e)[:160])
-        return None
+
+    return made_or_skipped(row["name"], make, strict, "audio", BadAudioError)
 
 
 def build_audio_dataset(data: DataConfig, cfg: AudioConfig, seed: int) -> AudioDataset | SeededStream:

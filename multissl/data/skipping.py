@@ -40,3 +40,19 @@ def first_decodable(names: Sequence[str], i: int, load: Callable[[int], Any], st
             failed.append(names[j])
             log.warning("%s: skipped %s: cannot decode (%s)", what, names[j], str(e)[:120])
     raise RecipeError("data.path: no file could be decoded")
+
+
+def made_or_skipped(name: str, make: Callable[[], Any], strict: bool, what: str, error: type[Exception]) -> Any:
+    """``make()``, or None when it fails: the file is logged as skipped (with ``strict``, raised as
+    ``error``). For streams, where files are checked as they come.
+
+    >>> made_or_skipped("a.wav", lambda: 1, False, "audio", ValueError)
+    1
+    """
+    try:
+        return make()
+    except Exception as e:  # corrupt data surfaces as several exception types
+        if strict:
+            raise error(f"{name}: {e} (data.strict is set)") from e
+        log.warning("%s: skipped %s: %s", what, name, str(e)[:160])
+        return None

@@ -22,7 +22,7 @@ from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig, sample_mask
 from multissl.data.saved_datasets import is_saved_dataset, media_column
 from multissl.data.seeds import example_rng
-from multissl.data.skipping import first_decodable, warn_skipped
+from multissl.data.skipping import first_decodable, made_or_skipped, warn_skipped
 from multissl.data.streams import SeededStream, media_stream
 from multissl.modalities.vision import VisionConfig
 
@@ -196,17 +196,14 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def _stream_example(row: dict[str, Any], seed: tuple[int, ...], cfg: VisionConfig, strict: bool) -> dict | None:
-    picture = Picture(row["name"], row["bytes"])
-    why = check(picture, cfg.min_side)
-    try:
+    def make() -> dict[str, Any]:
+        picture = Picture(row["name"], row["bytes"])
+        why = check(picture, cfg.min_side)
         if why:
             raise ValueError(why)
         return {"pixel_values": train_transform(picture.open(), cfg, example_rng(seed))}
-    except Exception as e:  # corrupt data surfaces as several exception types
-        if strict:
-            raise BadImageError(f"{row['name']}: {e} (data.strict is set)") from e
-        log.warning("vision: skipped %s: %s", row["name"], str(e)[:160])
-        return None
+
+    return made_or_skipped(row["name"], make, strict, "vision", BadImageError)
 
 
 def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int) -> ImageDataset | SeededStream:

@@ -78,7 +78,8 @@ def test_train_transform_crops_flips_and_is_seeded(photo):
     assert torch.allclose(train_transform(sq, full, np.random.default_rng(0)), eval_transform(sq, full), atol=1e-6)
 
 
-def _bad_folder(tmp_path, photo, image_dirs):
+def bad_image_folder(tmp_path, photo, image_dirs):
+    """digit.png and cats/good.jpg, then truncated, empty, noise, 1x1 images and a text file."""
     d = tmp_path / "imgs"
     (d / "cats").mkdir(parents=True)
     photo.save(d / "cats" / "good.jpg")
@@ -94,7 +95,7 @@ def _bad_folder(tmp_path, photo, image_dirs):
 
 
 def test_bad_images_are_counted_and_named(tmp_path, photo, image_dirs, caplog, monkeypatch):
-    d = _bad_folder(tmp_path, photo, image_dirs)
+    d = bad_image_folder(tmp_path, photo, image_dirs)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # the astronaut (512x512) is now a "bomb"
     photo.save(d / "bomb.png")
     good, bad = scan_images(find_images(str(d)), CFG)
@@ -162,7 +163,7 @@ def test_beit_masks_have_the_reference_statistics():
 
 
 def test_streamed_folder_skips_and_names_bad_images_as_they_come(tmp_path, photo, image_dirs, caplog):
-    d = _bad_folder(tmp_path, photo, image_dirs)
+    d = bad_image_folder(tmp_path, photo, image_dirs)
     examples = []
     with caplog.at_level(logging.WARNING):
         for example in build_image_dataset(DataConfig(path=str(d), streaming=True), CFG, seed=0):
