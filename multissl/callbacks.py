@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from multissl.config import Recipe
 from multissl.core.distributed import all_sum
 from multissl.core.health import check_health
+from multissl.trainer import PREEMPTION_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ class PreemptionGuard(TrainerCallback):
     """On SIGTERM or SIGUSR1 (what schedulers send before they pre-empt a job) the run finishes the
     update under way, saves a checkpoint and stops; every rank stops at the same step."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
     def __init__(self):
         self.received: str | None = None
         self.message: str | None = None
@@ -57,7 +56,7 @@ class PreemptionGuard(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in PREEMPTION_SIGNALS}
 
     def on_step_end(self, args, state, control, **kwargs):
         if all_sum(torch.tensor(float(self.received is not None), device=args.device)) > 0 and self.message is None:

@@ -4,6 +4,7 @@ update and the guards are callbacks (``callbacks.py``), checkpoints are sealed a
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import asdict
@@ -18,9 +19,10 @@ from multissl.callbacks import EMACallback, HealthCallback, MetricsFileCallback,
 from multissl.checkpoints import checkpoints, latest_good
 from multissl.config import Recipe, RecipeError, from_dict
 from multissl.core.data2vec import Data2Vec
+from multissl.data.streams import PositionCollator, SeededStream, StreamRecord
 from multissl.modalities import get_modality
 from multissl.modalities.base import Modality
-from multissl.trainer import RECIPE_FILE, Data2VecTrainer
+from multissl.trainer import RECIPE_FILE, STREAM_FILE, Data2VecTrainer
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,27 @@ def training_arguments(recipe: Recipe, output_dir: str) -> TrainingArguments:
     )
 
 
+def _resume_stream(trainer: Data2VecTrainer, stream: SeededStream, start: Path | None) -> None:
+    """Track the stream's position; when resuming, continue from the checkpoint's position without
+    decoding what came before (else the Trainer replays the stream)."""
+    args = trainer.args
+    parts = max(args.dataloader_num_workers, 1)
+    saved = start / STREAM_FILE.format(args.process_index) if start else None
+    record = json.loads(saved.read_text()) if saved and saved.exists() else None
+    if record is not None and record.get("parts") != parts:
+        log.warning("resume: the stream was read by %s workers per rank, now %d: replaying it", record.get("parts"),
+                    parts)
+        record = None
+    trainer.stream_record = StreamRecord(parts, record)
+    dropped = stream.resume(record, args.per_device_train_batch_size) if record else None
+    if dropped is not None:
+        args.ignore_data_skip = True  # the stream skips by itself
+        trainer.drop_first_batches, trainer.rng_after_first_batch = dropped, True
+        log.info("resume: the stream continues from %s without replaying it", start.name)
+    elif start is not None:
+        log.info("resume: replaying the stream up to %s", start.name)
+
+
 def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
     saved_path = run_dir / RECIPE_FILE
     if not saved_path.exists():
@@ -158,7 +181,12 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
                 preprocessor.save_pretrained(run_dir / PREPROCESSOR_DIR)
     if recipe.train.compile:
         model.compile_blocks()
+    streamed = isinstance(dataset, SeededStream)
+    if streamed:
+        collator = PositionCollator(collator)
     trainer = Data2VecTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    if streamed:
+        _resume_stream(trainer, dataset, start)
     guards = [NonFiniteGuard(trainer, recipe.train.max_nonfinite), HealthCallback(recipe), PreemptionGuard()]
     for cb in [*guards, EMACallback(trainer), MetricsFileCallback(), *(callbacks or [])]:
         trainer.add_callback(cb)

@@ -1,13 +1,16 @@
-"""transformers' Trainer, taught three things pretraining needs: an update whose loss or gradient is
-not finite is skipped (and counted) instead of poisoning the weights; checkpoints are staged, sealed
-and renamed so a crash or a full disk never leaves a half-written one; and streamed datasets that
-shard themselves across ranks are not sharded a second time."""
+"""transformers' Trainer, taught what pretraining needs: an update whose loss or gradient is not
+finite is skipped (and counted) instead of poisoning the weights; checkpoints are staged, sealed and
+renamed so a crash or a full disk never leaves a half-written one; streamed datasets that shard
+themselves across ranks are not sharded a second time, and their position goes into checkpoints."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,24 @@ from transformers import Trainer
 
 from multissl.checkpoints import CheckpointError, checkpoints, publish, rotate, seal
 from multissl.core.distributed import all_sum
+from multissl.data.streams import StreamRecord
 
 log = logging.getLogger(__name__)
 
 RECIPE_FILE = "recipe.yaml"
+STREAM_FILE = "stream_rank{}.json"
+
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _worker_init(previous: Any, worker_id: int) -> None:
+    # Schedulers signal every process of a job; the main process saves and stops, then ends its
+    # DataLoader workers itself, so a worker must not die of the signal first.
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if previous is not None:
+        previous(worker_id)
 
 
 def _barrier() -> None:
@@ -47,10 +64,17 @@ class Data2VecTrainer(Trainer):
         self.nonfinite_streak = 0
         self.last_healthy: dict[str, float] = {}
         self.ema_decay = float("nan")
+        self.stream_record: StreamRecord | None = None
+        self.drop_first_batches = 0
+        self.rng_after_first_batch = False
+        self._pending_rng: str | None = None
 
     # --- the step ------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        position = inputs.pop("stream_position", None)
+        if position is not None and self.stream_record is not None:
+            self.stream_record.add(position)
         out = model(**inputs)
         loss = out["loss"]
         # every rank must agree, or DDP's gradient all-reduce would hang
@@ -97,6 +121,22 @@ class Data2VecTrainer(Trainer):
 
     # --- data ----------------------------------------------------------------------------------
 
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        # Creating the DataLoader's iterator draws from the RNG; the checkpoint's state must be
+        # restored after that, as the Trainer does when it replays batches.
+        if self.rng_after_first_batch:
+            self._pending_rng = checkpoint
+            return
+        super()._load_rng_state(checkpoint)
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self._pending_rng is not None:
+            self.rng_after_first_batch = False
+            super()._load_rng_state(self._pending_rng)
+            self._pending_rng = None
+        return batches
+
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         # Datasets that declare ``lengths`` (audio) are batched by similar length to save padding.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -113,6 +153,12 @@ class Data2VecTrainer(Trainer):
         shard = getattr(loader, "dataset", None)
         if getattr(self.train_dataset, "shards_itself", False) and hasattr(shard, "num_processes"):
             shard.num_processes, shard.process_index = 1, 0  # accelerate's re-sharding becomes a pass-through
+        base = getattr(loader, "base_dataloader", loader)  # accelerate's loaders wrap a plain DataLoader
+        base.worker_init_fn = partial(_worker_init, base.worker_init_fn)
+        if self.drop_first_batches:
+            from accelerate import skip_first_batches
+
+            loader = skip_first_batches(loader, self.drop_first_batches)
         return loader
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -131,7 +177,10 @@ class Data2VecTrainer(Trainer):
         self._staging = str(staging)
         try:
             super()._save_checkpoint(model, trial)
-            _barrier()  # every rank's RNG state is in
+            if self.stream_record is not None:
+                path = staging / name / STREAM_FILE.format(self.args.process_index)
+                path.write_text(json.dumps(self.stream_record.to_dict()))
+            _barrier()  # every rank's RNG state and stream position is in
             if main:
                 shutil.copy(run_dir / RECIPE_FILE, staging / name / RECIPE_FILE)
                 seal(staging / name)

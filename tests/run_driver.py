@@ -5,6 +5,7 @@ to ``$SEEN.rank{r}`` (to count what was trained on); ``SLOW`` adds that many sec
 ``POISON=rank:update`` makes that rank's forward of that update (1-based) produce NaN."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -93,6 +94,7 @@ class Poison(TrainerCallback):
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     recipe, *overrides = sys.argv[1:]
     resume = "--resume" in overrides
     overrides = [o for o in overrides if o != "--resume"]

@@ -151,3 +151,47 @@ def test_fsdp_outside_a_multi_gpu_job_is_a_one_line_error(tiny_args):
 
     with pytest.raises(RecipeError, match=r"train.fsdp='full_shard' needs a torchrun job on several CUDA GPUs"):
         pretrain(load_recipe(RECIPE, [*tiny_args, "--fsdp", "full_shard"]))
+
+
+def test_streamed_two_rank_run_preempted_and_resumed_exactly(tiny_args, kjv_rows, tmp_path):
+    """SIGTERM to torchrun mid-run: every rank finishes the update, one checkpoint holds both ranks'
+    stream positions and RNG states, and the resumed run ends as an uninterrupted one."""
+    import signal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(4):
+        (data / f"part{k}.txt").write_text("\n".join(r["text"] for r in kjv_rows[k * 40:(k + 1) * 40]) + "\n")
+    args = [*tiny_args, "--data", str(data), "--streaming", "true", "--num_workers", "1", "--max_steps", "8",
+            "--batch_size", "2", "--save_steps", "100", "--shuffle_buffer", "4"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(ROOT / "tests" / "run_driver.py"), str(RECIPE)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def start(name: str, *extra: str, **more: str) -> subprocess.Popen:
+        return subprocess.Popen([*torchrun, *args, "--output_dir", str(tmp_path / name), *extra],
+                                env={**env, "SEEN": str(tmp_path / f"{name}-seen"), **more},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    whole = start("whole")
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    part = start("part", SLOW="0.5")
+    from tests.run_driver import wait_for_update
+
+    wait_for_update(tmp_path / "part-seen", 3)
+    part.send_signal(signal.SIGTERM)
+    _, err = part.communicate(timeout=300)
+    assert "stopped by SIGTERM at step 4; checkpoint-4 saved" in err, err[-3000:]
+    ckpt = tmp_path / "part" / "checkpoint-4"
+    assert {"stream_rank0.json", "stream_rank1.json"} <= {p.name for p in ckpt.iterdir()}
+    resumed = start("part", "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "the stream continues from checkpoint-4 without replaying it" in err
+    for rank in (0, 1):  # the stopped run did updates 0-3, the resumed one 4-7: the same as the whole run
+        stopped_and_resumed = Path(f"{tmp_path / 'part-seen'}.rank{rank}").read_text().splitlines()
+        whole_run = Path(f"{tmp_path / 'whole-seen'}.rank{rank}").read_text().splitlines()
+        assert [json.loads(x) for x in stopped_and_resumed] == [json.loads(x) for x in whole_run]
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6

@@ -42,26 +42,32 @@ def seen(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(f"{path}.rank0").read_text().splitlines()]
 
 
-def test_streamed_run_killed_mid_pass_resumes_exactly(tiny_args, shards, tmp_path):
+@pytest.mark.parametrize(("save_steps", "checkpoint"), [(4, 8), (5, 5)], ids=["workers-even", "a-worker-ahead"])
+def test_streamed_run_killed_mid_pass_resumes_exactly(save_steps, checkpoint, tiny_args, shards, tmp_path):
+    """Killed one update and a half after a checkpoint; with 2 workers, checkpoint-5 leaves worker 0
+    one batch ahead of worker 1, which the resumed stream must take into account."""
     args = [*tiny_args, "--data", str(shards), "--streaming", "true", "--num_workers", "2", "--max_steps", "12",
-            "--save_steps", "4", "--logging_steps", "4", "--shuffle_buffer", "8"]
+            "--save_steps", str(save_steps), "--logging_steps", "4", "--shuffle_buffer", "8"]
     whole = tmp_path / "whole"
     finish(child([*args, "--output_dir", str(whole)], {"SEEN": str(tmp_path / "whole-seen")}))
 
     part = tmp_path / "part"
     killed = child([*args, "--output_dir", str(part)], {"SEEN": str(tmp_path / "killed-seen"), "SLOW": "0.3"})
-    wait_for_update(tmp_path / "killed-seen", 9)  # update 10 is under way: past checkpoint-8, mid-pass
+    wait_for_update(tmp_path / "killed-seen", checkpoint + 1)  # mid-update, past the checkpoint, mid-pass
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
-    assert (part / "checkpoint-8").is_dir() and not (part / "model.safetensors").exists()
-    finish(child([*args, "--output_dir", str(part), "--resume"], {"SEEN": str(tmp_path / "resumed-seen")}))
+    assert (part / f"checkpoint-{checkpoint}").is_dir() and not (part / "model.safetensors").exists()
+    resumed = child([*args, "--output_dir", str(part), "--resume"], {"SEEN": str(tmp_path / "resumed-seen")})
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"the stream continues from checkpoint-{checkpoint} without replaying it" in err
 
     uninterrupted = seen(tmp_path / "whole-seen")
-    before = [x for x in seen(tmp_path / "killed-seen") if x["update"] < 8]  # what checkpoint-8 holds
+    before = [x for x in seen(tmp_path / "killed-seen") if x["update"] < checkpoint]  # what the checkpoint holds
     after = seen(tmp_path / "resumed-seen")
     assert [x["update"] for x in uninterrupted] == list(range(12))
-    assert [x["update"] for x in after] == list(range(8, 12))
+    assert [x["update"] for x in after] == list(range(checkpoint, 12))
     # every example trained on exactly once, in the same order: none seen twice, none skipped
     assert before + after == uninterrupted
     rows = [r for x in uninterrupted for r in x["rows"]]
@@ -83,3 +89,22 @@ def test_streams_are_split_between_workers_and_passes(tiny_args, shards):
     for part, own in blocks.items():
         assert [s[3] for s in own if s[1] == 0] == list(range(len([s for s in own if s[1] == 0])))
         assert any(s[1] == 1 for s in own), f"worker {part} did not start a second pass"
+
+
+def test_a_resumed_stream_does_not_decode_what_it_skips():
+    import datasets
+
+    from multissl.data.streams import SeededStream
+
+    made = []
+
+    def make(row, seed):
+        made.append(row["x"])
+        return None if row["x"] == 3 else row  # row 3 is a bad file
+
+    ds = datasets.Dataset.from_dict({"x": list(range(10))}).to_iterable_dataset()
+    stream = SeededStream(ds, 0, make)
+    record = {"parts": 1, "batches": {"0": 2}, "last": {"0": [0, 4]}}  # two batches of 2: rows 0-2 and 4
+    assert stream.resume(record, batch_size=2) == 0
+    it = iter(stream)
+    assert [next(it)["x"] for _ in range(3)] == [5, 6, 7] and made == [5, 6, 7]

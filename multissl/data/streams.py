@@ -1,7 +1,12 @@
 """Streamed inputs for corpora larger than memory or too many files to scan first. A stream is a
 ``datasets`` IterableDataset, read in passes (epochs) without end; each rank reads its own part
 (``split_dataset_by_node``) and ``datasets`` divides that among DataLoader workers. Every example is
-seeded by (seed, epoch, part, index), so a resumed run sees the same examples with the same masks."""
+seeded by (seed, epoch, part, index), so a resumed run sees the same examples with the same masks.
+
+Resume: each batch carries its part and the (pass, row) of its last example; the trainer keeps the
+newest per part in each checkpoint. A resumed stream skips the rows up to there without decoding
+them, and the workers that were one batch ahead send one batch the loader drops, so the batches
+come in the order an uninterrupted run would have seen."""
 
 from __future__ import annotations
 
@@ -44,9 +49,33 @@ class SeededStream(torch.utils.data.IterableDataset):
         self.ds, self.seed, self.make = ds, seed, make
         if shuffle_buffer > 0:
             self.ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)  # file order and a buffer, per pass
+        self._last: dict[int, tuple[int, int]] = {}
+        self._ahead: set[int] = set()
+        self._batch_size = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Passes are counted by the stream itself (the Trainer sees one endless epoch)."""
+
+    def resume(self, record: dict[str, Any], batch_size: int) -> int | None:
+        """Continue after the batches ``record`` (a :class:`StreamRecord` as saved) counts. Returns how
+        many leading batches the loader must drop, or None when this fast path cannot be exact (a
+        part had not yet sent a batch, or the ranks or workers changed): then replay the stream.
+
+        >>> import datasets
+        >>> stream = SeededStream(datasets.Dataset.from_dict({"x": list(range(6))}).to_iterable_dataset(), 0)
+        >>> stream.resume({"parts": 1, "batches": {"0": 1}, "last": {"0": [0, 1]}}, batch_size=2)
+        0
+        >>> next(iter(stream))
+        {'x': 2, 'seed': (0, 0, 0, 2)}
+        """
+        batches = {int(p): int(n) for p, n in record["batches"].items()}
+        if len(batches) < record["parts"]:
+            return None
+        low = min(batches.values())
+        self._last = {int(p): (int(e), int(i)) for p, (e, i) in record["last"].items()}
+        self._ahead = {p for p, n in batches.items() if n > low}
+        self._batch_size = batch_size
+        return len(self._ahead)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from datasets.distributed import split_dataset_by_node
@@ -55,19 +84,59 @@ class SeededStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         part = rank * (info.num_workers if info else 1) + (info.id if info else 0)
         ds = split_dataset_by_node(self.ds, rank, world) if world > 1 else self.ds
+        last, ahead = self._last.get(part, (-1, -1)), part in self._ahead
         epoch = 0
         while True:
             ds.set_epoch(epoch)
             rows = 0
             for i, row in enumerate(ds):
                 rows += 1
+                if (epoch, i) <= last:
+                    continue  # trained on before the checkpoint: read past, not decoded
                 seed = (self.seed, epoch, part, i)
                 example = row if self.make is None else self.make(row, seed)
-                if example is not None:
-                    yield {**example, "seed": seed}
+                if example is None:
+                    continue
+                example = {**example, "seed": seed}
+                if ahead:  # this worker was a batch ahead: one batch for the loader to drop
+                    yield from [example] * self._batch_size
+                    ahead = False
+                yield example
             if rows == 0:
                 return  # this worker's part is empty (fewer files than workers)
             epoch += 1
+
+
+class StreamRecord:
+    """Where a rank's streamed batches came from: batches per part and the (pass, row) of each part's
+    newest example. The trainer updates it with each batch it trains on and saves it in checkpoints."""
+
+    def __init__(self, parts: int, saved: dict[str, Any] | None = None):
+        self.parts = parts
+        self.batches: dict[str, int] = dict(saved["batches"]) if saved else {}
+        self.last: dict[str, list[int]] = dict(saved["last"]) if saved else {}
+
+    def add(self, position: list[int]) -> None:
+        part, epoch, row = (str(position[0]), *position[1:])
+        self.batches[part] = self.batches.get(part, 0) + 1
+        self.last[part] = [epoch, row]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parts": self.parts, "batches": self.batches, "last": self.last}
+
+
+class PositionCollator:
+    """Wraps a collator: the batch also holds ``stream_position`` = [part, pass, row] of its newest
+    example (a DataLoader worker's batch comes from its one part)."""
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]):
+        self.collate = collate
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(examples)
+        seeds = [e["seed"] for e in examples]
+        batch["stream_position"] = [seeds[0][2], *max((s[1], s[3]) for s in seeds)]
+        return batch
 
 
 def _rows(items: list[tuple[str, bytes | None]]) -> Iterator[dict[str, Any]]:
