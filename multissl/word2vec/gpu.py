@@ -23,8 +23,8 @@ import torch
 from numba import config as numba_config
 from numba import cuda, float32
 
-from multissl.word2vec.train import Word2VecConfig, Word2VecResult, _chunks, keep_probabilities
-from multissl.word2vec.vocab import Vocab, build_vocab
+from multissl.word2vec.train import Word2VecConfig, Word2VecResult, jobs, keep_probabilities
+from multissl.word2vec.vocab import Vocab, build_vocab, encode_blocks, sentence_blocks
 
 NOISE_TABLE = 10_000_000  # the C tool's unigram table: drawing a noise word is one random index
 MAX_DIM = 32 * 16  # lanes x values per lane held in registers
@@ -229,7 +229,7 @@ def train_word2vec_gpu(
         if cache:
             yield from cache
             return
-        for tokens, offsets, raw in _chunks(sentences(), vocab, chunk_words):
+        for tokens, offsets, raw in jobs(encode_blocks(sentence_blocks(sentences()), vocab.lookup), chunk_words):
             sent = np.repeat(np.arange(len(offsets) - 1, dtype=np.int32), np.diff(offsets))
             item = (torch.from_numpy(tokens.astype(np.int32)).to(dev), torch.from_numpy(sent).to(dev), raw)
             state["cached_words"] += len(tokens)

@@ -1,25 +1,25 @@
-"""Skip-gram and CBOW with negative sampling on the CPU.
-
-The inner loops are compiled with numba and run lock-free over sentences on all threads (Hogwild),
-as gensim's Cython and the original C tool do: per-pair updates of 100-dimensional rows are what the
-algorithm is, and batching them into tensor ops would change it (summed duplicate updates) and be
-slower on a CPU. Defaults are gensim's.
+"""Skip-gram and CBOW with negative sampling on the CPU: the driver of the compiled loops in
+:mod:`multissl.word2vec.kernels`. One pass over the corpus counts the vocabulary and keeps the
+encoded corpus (4 bytes a word) for the epochs, which then only train. Defaults are gensim's.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
-from numba import njit, prange
 
-from multissl.word2vec.vocab import Vocab, build_vocab
+from multissl.word2vec import kernels
+from multissl.word2vec.corpus import Corpus, SentenceCorpus
+from multissl.word2vec.vocab import Vocab, encode_blocks, scan
+
+BLOCKS_PER_THREAD = 8  # runs of sentences per thread and job, taken by whichever thread is free
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,18 @@ class Word2VecConfig:
     """Seed for the initial vectors and the sampling."""
 
     workers: int = 2
-    """Threads."""
+    """Threads (at most the CPU cores this process may use)."""
 
-    chunk_words: int = 50_000
-    """Words per parallel job; the learning rate is updated between jobs."""
+    chunk_words: int = 500_000
+    """Words per parallel job (the learning rate falls sentence by sentence within it)."""
+
+    cache_words: int = 250_000_000
+    """Words of encoded corpus kept in memory between epochs (4 bytes each); a larger corpus is read
+    and tokenised again every epoch."""
+
+    def learning_rate(self, progress: float) -> float:
+        """alpha after ``progress`` (0 to 1) of the run: linear from ``alpha`` to ``min_alpha``."""
+        return max(self.min_alpha, self.alpha - (self.alpha - self.min_alpha) * progress)
 
     def validate(self) -> None:
         for key in ("dim", "window", "epochs", "min_count", "workers", "chunk_words"):
@@ -103,168 +111,122 @@ def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
     return np.minimum(p, 1.0).astype(np.float32)
 
 
-def noise_table(counts: np.ndarray, exponent: float) -> np.ndarray:
-    """Cumulative unigram^exponent distribution, for sampling noise words by binary search."""
-    p = counts.astype(np.float64) ** exponent
-    cum = np.cumsum(p)
-    return cum / cum[-1]
+def keep_thresholds(counts: np.ndarray, sample: float) -> np.ndarray:
+    """:func:`keep_probabilities` as 32-bit thresholds for the kernels' draws (2**32: always kept)."""
+    if sample <= 0:
+        return np.full(len(counts), 1 << 32, np.uint64)
+    threshold = sample * counts.sum()
+    p = (np.sqrt(counts / threshold) + 1) * (threshold / counts)
+    return np.where(p >= 1, 2.0**32, np.floor(p * 2.0**32)).astype(np.uint64)
 
 
-@njit(fastmath=True, nogil=True, cache=True)
-def _negative_step(l1, syn1, target, cum, negative, alpha, work):  # pragma: no cover (compiled)
-    """One positive and ``negative`` noise updates of the output rows for input vector ``l1``;
-    accumulates the input's gradient in ``work`` and returns the loss."""
-    loss = 0.0
-    dim = l1.shape[0]
-    for d in range(negative + 1):
-        if d == 0:
-            word, label = target, 1.0
-        else:
-            word = np.searchsorted(cum, np.random.random())
-            if word == target:
-                continue
-            label = 0.0
-        row = syn1[word]
-        f = 0.0
-        for k in range(dim):
-            f += l1[k] * row[k]
-        if f > 20.0:
-            f = 20.0
-        elif f < -20.0:
-            f = -20.0
-        sig = 1.0 / (1.0 + math.exp(-f))
-        loss -= math.log(sig + 1e-7) if label > 0 else math.log(1.0 - sig + 1e-7)
-        g = (label - sig) * alpha
-        for k in range(dim):
-            work[k] += g * row[k]
-            row[k] += g * l1[k]
-    return loss
+Job = tuple[np.ndarray, np.ndarray, int]
+"""Tokens of the vocabulary (int32), sentence offsets into them (int64), raw words they came from."""
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _train_chunk(tokens, offsets, syn0, syn1, cum, keep, alpha, window, negative, sg, losses, pairs):
-    # pragma: no cover (compiled)
-    dim = syn0.shape[1]
-    for s in prange(offsets.shape[0] - 1):
-        start, end = offsets[s], offsets[s + 1]
-        buf = np.empty(end - start, np.int64)
-        n = 0
-        for i in range(start, end):
-            w = tokens[i]
-            if keep[w] >= 1.0 or np.random.random() < keep[w]:
-                buf[n] = w
-                n += 1
-        work = np.empty(dim, np.float32)
-        neu1 = np.empty(dim, np.float32)
-        loss, count = 0.0, 0
-        for pos in range(n):
-            b = np.random.randint(0, window)
-            lo = max(0, pos - window + b)
-            hi = min(n, pos + window + 1 - b)
-            if sg:
-                for j in range(lo, hi):
-                    if j == pos:
-                        continue
-                    work[:] = 0.0
-                    loss += _negative_step(syn0[buf[j]], syn1, buf[pos], cum, negative, alpha, work)
-                    row = syn0[buf[j]]
-                    for k in range(dim):
-                        row[k] += work[k]
-                    count += 1
-            else:
-                neu1[:] = 0.0
-                c = 0
-                for j in range(lo, hi):
-                    if j != pos:
-                        row = syn0[buf[j]]
-                        for k in range(dim):
-                            neu1[k] += row[k]
-                        c += 1
-                if c == 0:
-                    continue
-                for k in range(dim):
-                    neu1[k] /= c
-                work[:] = 0.0
-                loss += _negative_step(neu1, syn1, buf[pos], cum, negative, alpha, work)
-                for j in range(lo, hi):
-                    if j != pos:
-                        row = syn0[buf[j]]
-                        for k in range(dim):
-                            row[k] += work[k]
-                count += 1
-        losses[s] = loss
-        pairs[s] = count
-
-
-@njit(cache=True)
-def _seed(seed):  # pragma: no cover (compiled)
-    np.random.seed(seed)
-
-
-def _chunks(sentences: Iterable[list[str]], vocab: Vocab, chunk_words: int):
-    """(token ids, sentence offsets, raw words) per job of about ``chunk_words`` raw words; words
-    out of the vocabulary are dropped. Encoding is one pass of C-level dict lookups per job."""
-    lookup = vocab.lookup.__getitem__
-    batch: list[list[str]] = []
-    raw = 0
-    for sentence in sentences:
-        batch.append(sentence)
-        raw += len(sentence)
+def jobs(encoded: Iterable[tuple[np.ndarray, np.ndarray]], chunk_words: int) -> Iterator[Job]:
+    """Encoded blocks (ids, -1 for a dropped word, and sentence lengths) grouped into jobs of at
+    least ``chunk_words`` raw words, dropped words left out."""
+    ids, lengths, raw = [], [], 0
+    for block, block_lengths in encoded:
+        ids.append(block)
+        lengths.append(block_lengths)
+        raw += len(block)
         if raw >= chunk_words:
-            yield _encode(batch, lookup, raw)
-            batch, raw = [], 0
+            yield _job(ids, lengths)
+            ids, lengths, raw = [], [], 0
     if raw:
-        yield _encode(batch, lookup, raw)
+        yield _job(ids, lengths)
 
 
-def _encode(batch: list[list[str]], lookup: Callable[[str], int], raw: int) -> tuple[np.ndarray, np.ndarray, int]:
-    flat = np.fromiter(map(lookup, itertools.chain.from_iterable(batch)), dtype=np.int64, count=raw)
-    lengths = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
+def _job(ids: list[np.ndarray], lengths: list[np.ndarray]) -> Job:
+    flat, sizes = np.concatenate(ids), np.concatenate(lengths)
     known = flat >= 0
-    owner = np.repeat(np.arange(len(batch)), lengths)
-    kept = np.bincount(owner[known], minlength=len(batch))
-    return flat[known], np.r_[0, np.cumsum(kept)].astype(np.int64), raw
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    kept = np.bincount(owner[known], minlength=len(sizes))
+    return flat[known], np.r_[0, np.cumsum(kept)].astype(np.int64), len(flat)
+
+
+def _blocks(offsets: np.ndarray, n: int) -> np.ndarray:
+    """About ``n`` runs of whole sentences with equal numbers of tokens."""
+    cuts = np.searchsorted(offsets, np.linspace(0, offsets[-1], n + 1), side="right") - 1
+    cuts[0], cuts[-1] = 0, len(offsets) - 1
+    return np.unique(cuts)
 
 
 def train_word2vec(
-    sentences: Callable[[], Iterable[list[str]]], cfg: Word2VecConfig, vocab: Vocab | None = None,
+    sentences: Callable[[], Iterable[list[str]]] | Corpus, cfg: Word2VecConfig, vocab: Vocab | None = None,
     progress: bool = True,
 ) -> Word2VecResult:
-    """Train on ``sentences()`` (called once to count the vocabulary, then once per epoch, so the
-    corpus is streamed and never held in memory).
+    """Train on a :class:`~multissl.word2vec.corpus.Corpus`, or on ``sentences()`` (token lists).
+    One pass counts the vocabulary and keeps the encoded corpus in memory while it holds at most
+    ``cfg.cache_words`` words (else each epoch reads it again; with ``vocab`` given, the first epoch
+    encodes it).
 
     >>> result = train_word2vec(lambda: [["a", "b", "c"]] * 50, Word2VecConfig(min_count=1, dim=8))
     >>> result.vectors.shape
     (3, 8)
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     cfg.validate()
+    corpus = sentences if hasattr(sentences, "token_blocks") else SentenceCorpus(sentences)
     t0 = time.perf_counter()
-    vocab = vocab or build_vocab(sentences(), cfg.min_count, cfg.max_vocab_size)
+    cached: list[Job] | None = None
+    if vocab is None:
+        vocab, encoded = scan(corpus.token_blocks(), cfg.min_count, cfg.max_vocab_size, cfg.cache_words)
+        cached = None if encoded is None else list(jobs(encoded, cfg.chunk_words))
+        del encoded
+    log.info("word2vec: %d words in the vocabulary, %d words of text%s", len(vocab), vocab.total_words,
+             "" if cached is not None else "; the corpus is read again every epoch")
     rng = np.random.default_rng(cfg.seed)
     syn0 = ((rng.random((len(vocab), cfg.dim), dtype=np.float32) - 0.5) / cfg.dim).astype(np.float32)
     syn1 = np.zeros_like(syn0)
-    cum = noise_table(vocab.counts, cfg.ns_exponent)
-    keep = keep_probabilities(vocab.counts, cfg.sample)
-    numba.set_num_threads(min(cfg.workers, numba.config.NUMBA_NUM_THREADS))
-    _seed(cfg.seed)
+    accept, alias = kernels.alias_table(vocab.counts.astype(np.float64) ** cfg.ns_exponent)
+    keep = keep_thresholds(vocab.counts, cfg.sample)
+    sig, softplus = kernels.sigmoid_tables()
+    threads = max(1, min(cfg.workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                         else os.cpu_count() or 1))
     total = vocab.total_words * cfg.epochs
-    done, loss_sum, pair_sum, train_seconds = 0, 0.0, 0, 0.0
+    done, loss_sum, pair_sum = 0, 0.0, 0
     bar = tqdm(total=total, unit="word", unit_scale=True, disable=not progress, desc="word2vec")
-    for _epoch in range(cfg.epochs):
-        for tokens, offsets, raw in _chunks(sentences(), vocab, cfg.chunk_words):
-            alpha = max(cfg.min_alpha, cfg.alpha - (cfg.alpha - cfg.min_alpha) * done / total)
-            losses = np.zeros(len(offsets) - 1)
-            pairs = np.zeros(len(offsets) - 1, dtype=np.int64)
-            t = time.perf_counter()
-            _train_chunk(tokens, offsets, syn0, syn1, cum, keep, np.float32(alpha), cfg.window, cfg.negative,
-                         cfg.sg, losses, pairs)
-            train_seconds += time.perf_counter() - t
-            done += raw
-            loss_sum, pair_sum = loss_sum + losses.sum(), pair_sum + int(pairs.sum())
-            bar.update(raw)
-            bar.set_postfix(lr=f"{alpha:.5f}", loss=f"{losses.sum() / max(pairs.sum(), 1):.4f}")
+    t_train = time.perf_counter()
+
+    def finish(raw: int, alpha: float, futures: list[Future]) -> None:
+        nonlocal loss_sum, pair_sum
+        results = [f.result() for f in futures]
+        loss, pairs = sum(r[0] for r in results), sum(r[1] for r in results)
+        loss_sum, pair_sum = loss_sum + loss, pair_sum + pairs
+        bar.update(raw)
+        bar.set_postfix(lr=f"{alpha:.5f}", loss=f"{loss / max(pairs, 1):.4f}", refresh=False)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="word2vec") as pool:
+        for epoch in range(cfg.epochs):
+            keeping = cached is None and vocab.total_words <= cfg.cache_words
+            source = cached if cached is not None else jobs(encode_blocks(corpus.token_blocks(), vocab.lookup),
+                                                            cfg.chunk_words)
+            kept: list[Job] = []
+            key, first = np.uint64(kernels.epoch_seed(cfg.seed, epoch)), 0
+            in_flight: deque[tuple[int, float, list[Future]]] = deque()
+            for tokens, offsets, raw in source:  # a job's blocks run while the next job is read
+                if keeping:
+                    kept.append((tokens, offsets, raw))
+                blocks = _blocks(offsets, threads * BLOCKS_PER_THREAD)
+                a0, a1 = cfg.learning_rate(done / total), cfg.learning_rate((done + raw) / total)
+                in_flight.append((raw, a1, [
+                    pool.submit(kernels.train_sentences, tokens, offsets, lo, hi, key, np.int64(first), syn0, syn1,
+                                accept, alias, keep, sig, softplus, np.float64(a0), np.float64(a1),
+                                np.int64(cfg.window), np.int64(cfg.negative), bool(cfg.sg))
+                    for lo, hi in zip(blocks[:-1], blocks[1:], strict=True)]))
+                first += len(offsets) - 1
+                done += raw
+                while len(in_flight) > 1:
+                    finish(*in_flight.popleft())
+            while in_flight:
+                finish(*in_flight.popleft())
+            if keeping:
+                cached = kept
+    train_seconds = time.perf_counter() - t_train
     bar.close()
     seconds = time.perf_counter() - t0
     stats = {"words": float(done), "seconds": seconds, "words_per_second": done / max(seconds, 1e-9),

@@ -7,7 +7,7 @@ import pytest
 from gensim.models import KeyedVectors, Word2Vec
 
 from multissl.cli import main
-from multissl.word2vec.corpus import corpus_factory
+from multissl.word2vec.corpus import Corpus
 from multissl.word2vec.evaluate import evaluate_analogies, evaluate_pairs
 from multissl.word2vec.io import load_vectors, save_vectors
 from multissl.word2vec.train import Word2VecConfig, keep_probabilities, train_word2vec
@@ -103,9 +103,9 @@ def test_cli_with_bad_input(tmp_path, kjv_file, capsys):
     bad = tmp_path / "bad.txt"
     huge_line = (" ".join(["light"] * 300_000) + " ").encode()  # one 1.8 MB line
     bad.write_bytes(kjv_file.read_bytes()[:200_000] + b"\xff\xfe broken bytes\n" + huge_line + b"\n")
-    sentences, stats = corpus_factory([str(bad)])
-    lengths = [len(s) for s in sentences()]
-    assert max(lengths) <= 10000 and stats["invalid_utf8"] == 1
+    corpus = Corpus([str(bad)])
+    lengths = [len(s) for s in corpus.sentences()]
+    assert max(lengths) <= 10000 and corpus.stats["invalid_utf8"] == 1
     assert sum(lengths) > 300_000
     out = tmp_path / "vec"
     assert main(["word2vec", str(bad), "--out", str(out), "--sg", "--epochs", "1", "--dim", "20"]) == 0
