@@ -4,6 +4,7 @@ manifest still holds and sets aside the ones that do not."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,6 +21,50 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written; the previous ones are intact."""
+
+
+# What a failed save raises: OSError from Python's own writes, RuntimeError from torch.save (a full
+# disk shows as "unexpected pos" there: a short write), SafetensorError from safetensors.
+SAVE_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError)
+try:
+    from safetensors import SafetensorError
+
+    SAVE_ERRORS += (SafetensorError,)
+except ImportError:  # older safetensors raise plain OSError / RuntimeError
+    pass
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""  # unreachable
+
+
+def save_failed(run_dir: Path, name: str, error: BaseException, staging: Path | None) -> CheckpointError:
+    """The one-line error for a save of ``run_dir / name`` that raised ``error``: why (a full disk
+    whatever form it took), the free space once ``staging`` (the unfinished checkpoint, removed here)
+    is gone, what a checkpoint takes, and which checkpoint is intact."""
+    free_then = shutil.disk_usage(run_dir).free
+    freed = 0  # counted, not measured after: a file the failed writer still holds keeps its space until then
+    if staging is not None:
+        freed = _bytes(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free_then < 1 << 20
+    detail = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if full and detail != os.strerror(errno.ENOSPC):
+        log.warning("checkpoint: %s while saving %s: %s", type(error).__name__, name, detail[:200])
+    why = os.strerror(errno.ENOSPC) if full else f"{type(error).__name__}: {detail[:200]}"
+    found = checkpoints(run_dir)
+    took = f", a checkpoint takes {_size(_bytes(found[0]))}" if found else ""
+    kept = f"{found[0].name} is intact" if found else "no earlier checkpoint exists"
+    return CheckpointError(f"saving {run_dir / name} failed ({why}; {_size(free_then + freed)} free in {run_dir}"
+                           f"{took}); {kept}")
+
+
+def _bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
 def _sha256(path: Path) -> str:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+STOP_ERRORS = {"multissl.train": ("CollapseError", "NonFiniteError", "Preempted"),
+               "multissl.checkpoints": ("CheckpointError",)}
 
 
 def _pretrain(args: argparse.Namespace, rest: list[str]) -> None:
@@ -37,7 +39,8 @@ def _probe(args: argparse.Namespace, rest: list[str]) -> None:
     from multissl.probe import format_table, probe
 
     results = probe(args.model_dir, args.data, label_column=args.label_column, input_column=args.input_column,
-                    test_size=args.test_size, seed=args.seed, max_samples=args.max_samples, pool=args.pool, k=args.k)
+                    folds=args.folds, seeds=args.seeds, seed=args.seed, baseline=args.baseline,
+                    max_samples=args.max_samples, pool=args.pool, k=args.k)
     print(format_table(results))
 
 
@@ -59,7 +62,7 @@ def _tokenizer(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _word2vec(args: argparse.Namespace, rest: list[str]) -> None:
-    from multissl.word2vec.corpus import corpus_factory
+    from multissl.word2vec.corpus import Corpus
     from multissl.word2vec.io import save_vectors
     from multissl.word2vec.train import Word2VecConfig, train_word2vec
 
@@ -70,16 +73,19 @@ def _word2vec(args: argparse.Namespace, rest: list[str]) -> None:
                          min_count=args.min_count, max_vocab_size=args.max_vocab_size, sample=args.sample,
                          alpha=args.alpha, min_alpha=args.min_alpha, epochs=args.epochs, seed=args.seed,
                          workers=args.workers)
-    sentences, stats = corpus_factory(args.corpus, text_column=args.text_column, tokenizer=args.tokenizer)
+    corpus = Corpus(args.corpus, text_column=args.text_column, tokenizer=args.tokenizer)
     if args.device == "cuda":
         from multissl.word2vec.gpu import train_word2vec_gpu
 
-        result = train_word2vec_gpu(sentences, cfg)
+        result = train_word2vec_gpu(corpus.sentences, cfg)
     else:
-        result = train_word2vec(sentences, cfg)
-    if stats.get("invalid_utf8"):
-        logging.getLogger("multissl.word2vec").warning(
-            "%d lines with invalid UTF-8 bytes were read with replacement characters", stats["invalid_utf8"])
+        result = train_word2vec(corpus, cfg)
+    log = logging.getLogger("multissl.word2vec")
+    if corpus.stats.get("invalid_utf8"):
+        log.warning("%d lines with invalid UTF-8 bytes were read with replacement characters",
+                    corpus.stats["invalid_utf8"])
+    if corpus.stats.get("bad_rows"):
+        log.warning("%d rows that were not JSON objects with a text value were skipped", corpus.stats["bad_rows"])
     save_vectors(result, out, overwrite=args.overwrite)
     s = result.stats
     print(f"{len(result.vocab)} vectors of size {cfg.dim} in {out}: {s['words_per_second']:,.0f} words/s, "
@@ -128,12 +134,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
     s.set_defaults(func=_push)
 
-    s = sub.add_parser("probe", help="linear, k-NN and layer-weighted probes of frozen features vs random init")
+    s = sub.add_parser("probe", help="linear, k-NN and layer-weighted probes of frozen features, with standard "
+                                     "errors, against random init (or --baseline) on the same folds")
     s.add_argument("model_dir")
-    s.add_argument("--data", required=True, help="labelled JSON lines / CSV / parquet file")
+    s.add_argument("--data", required=True, help="labelled JSON lines / CSV / parquet file, or class sub-folders")
     s.add_argument("--label-column", required=True)
     s.add_argument("--input-column", default="text")
-    s.add_argument("--test-size", type=float, default=0.25)
+    s.add_argument("--folds", type=int, default=5, help="cross-validation folds (every row is predicted once)")
+    s.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report mean ± sd")
+    s.add_argument("--baseline", default=None, help="another export to compare with (default: random init)")
     s.add_argument("--max-samples", type=int, default=0, help="use at most this many rows (0: all)")
     s.add_argument("--pool", choices=["mean", "cls"], default="mean", help="images: mean of patches or CLS")
     s.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probe")
@@ -197,19 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
     if rest and not getattr(args, "extra", False):
         p.error(f"unrecognized arguments: {' '.join(rest)}")
-    from multissl.checkpoints import CheckpointError
-    from multissl.train import CollapseError, NonFiniteError, Preempted
-
     try:
         args.func(args, rest)
-    except (CollapseError, NonFiniteError, CheckpointError, Preempted) as e:
-        print(f"multissl: stopped: {e}", file=sys.stderr)
-        return 3
-    except USAGE_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"multissl: error: {msg}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if isinstance(e, _stop_errors()):
+            print(f"multissl: stopped: {e}", file=sys.stderr)
+            return 3
+        if isinstance(e, USAGE_ERRORS):
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"multissl: error: {msg}", file=sys.stderr)
+            return 2
+        raise
     return 0
+
+
+def _stop_errors() -> tuple[type[Exception], ...]:
+    """The errors that stop a training run cleanly. Their modules import torch, so they are looked
+    up only where the command has loaded them (a command that has not cannot raise them): this
+    keeps ``multissl word2vec`` and ``--help`` free of torch."""
+    found = []
+    for module, names in STOP_ERRORS.items():
+        if module in sys.modules:
+            found += [getattr(sys.modules[module], name) for name in names]
+    return tuple(found)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Run ``multissl pretrain`` in a child process (one rank of a torchrun job, or alone) for the
 distributed and kill tests. With ``DUMP`` set, each rank writes its weights to ``$DUMP/rank{r}.pt``
 at the end; with ``SEEN`` set, each forward appends the update number and a hash of every input row
-to ``$SEEN.rank{r}`` (to count what was trained on); ``SLOW`` adds that many seconds per forward;
-``POISON=rank:update`` makes that rank's forward of that update (1-based) produce NaN."""
+and of its masks to ``$SEEN.rank{r}`` (to count what was trained on, and how it was masked); ``SLOW``
+adds that many seconds per forward; ``POISON=rank:update`` makes that rank's forward of that update
+(1-based) produce NaN; with ``SETUP`` set, ranks log when they look for the checkpoint to resume from."""
 
 import json
 import logging
@@ -59,13 +60,34 @@ def record_inputs(path: str, slow: float) -> None:
 
     def logged(self, inputs, mask, student_inputs=None, **kwargs):
         rows = next(iter(inputs.values()))
-        line = {"update": int(self.ema_updates), "rows": [hash(tuple(r.flatten().tolist())) for r in rows]}
+        masks = mask.reshape(len(rows), -1)  # an example's clones are consecutive rows
+        line = {"update": int(self.ema_updates), "rows": [hash(tuple(r.flatten().tolist())) for r in rows],
+                "masks": [hash(tuple(m.tolist())) for m in masks]}
         with open(f"{path}.rank{os.environ.get('RANK', '0')}", "a") as fh:
             fh.write(json.dumps(line) + "\n")
         time.sleep(slow)
         return forward(self, inputs, mask, student_inputs, **kwargs)
 
     Data2Vec.forward = logged
+
+
+def record_resume_setup(path: str, slow: float) -> None:
+    """Each rank appends when it looked for the checkpoint to resume from (start, end) to ``path.rank{r}``;
+    rank 0 takes ``slow`` seconds longer, as a main rank setting a damaged checkpoint aside would."""
+    import multissl.train
+
+    find = multissl.train.latest_good
+
+    def timed(run_dir, set_aside=True):
+        rank, start = os.environ.get("RANK", "0"), time.time()
+        if rank == "0":
+            time.sleep(slow)
+        found = find(run_dir, set_aside)
+        with open(f"{path}.rank{rank}", "a") as fh:
+            fh.write(json.dumps({"start": start, "end": time.time()}) + "\n")
+        return found
+
+    multissl.train.latest_good = timed
 
 
 class StopAt(TrainerCallback):
@@ -100,6 +122,8 @@ if __name__ == "__main__":
     overrides = [o for o in overrides if o != "--resume"]
     if os.environ.get("SEEN"):
         record_inputs(os.environ["SEEN"], float(os.environ.get("SLOW", "0")))
+    if os.environ.get("SETUP"):
+        record_resume_setup(os.environ["SETUP"], float(os.environ.get("SLOW_SETUP", "0")))
     callbacks = [DumpWeights()] if os.environ.get("DUMP") else []
     if os.environ.get("POISON"):
         rank, update = map(int, os.environ["POISON"].split(":"))

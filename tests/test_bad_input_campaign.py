@@ -5,6 +5,7 @@ generators and collators get property-based inputs in tests/core and tests/data.
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,29 @@ def test_text_folder_of_malformed_files(streaming, tmp_path, kjv_rows, tiny_args
     with caplog.at_level(logging.WARNING):
         run_dir = pretrain(load_recipe(ROOT / "recipes" / "text" / "tiny-v2.yaml", args))
     assert "skipping 1 empty file(s)" in caplog.text and "empty.txt" in caplog.text
-    if not streaming:  # counted when the corpus is loaded; a stream decodes the same way as it goes
+    if streaming:  # named and counted per file as the stream reads it
+        for name in ("latin1.txt", "binary.txt"):
+            assert re.search(rf"{d / name}: \d+ of \d+ lines had undecodable bytes, read as U\+FFFD", caplog.text)
+        assert f"skipped {d / 'blank.txt'}: only blank lines (3)" in caplog.text
+    else:  # counted when the corpus is loaded
         assert "lines had undecodable bytes (read as U+FFFD)" in caplog.text
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_files_of_unrecognised_kinds_in_media_folders_are_named_and_counted(tmp_path, speech_dir, image_dirs, caplog):
+    from multissl.data.audio import find_audio
+    from multissl.data.vision import find_images
+
+    speech, images = tmp_path / "speech", tmp_path / "images"
+    for d, src in ((speech, sorted(speech_dir.glob("*.wav"))[:2]), (images, sorted(image_dirs[0].glob("*.png"))[:2])):
+        (d / "sub").mkdir(parents=True)
+        for f in src:
+            (d / f.name).write_bytes(f.read_bytes())
+        (d / "README").write_text("about this corpus")
+        (d / "sub" / "labels.csv").write_text("path,label\n")
+    with caplog.at_level(logging.WARNING):
+        assert len(find_audio(str(speech))) == 2 and len(find_images(str(images))) == 2
+    for d in (speech, images):
+        assert f"{d}: left out 2 file(s) whose extension is not one of" in caplog.text
+        assert "README, sub/labels.csv" in caplog.text

@@ -21,10 +21,10 @@ DETERMINISTIC = ["--encoder.dropout", "0", "--encoder.attention_dropout", "0", "
                  "--method.clones", "2"]
 
 
-def launch(nproc: int, args: list[str], dump: Path, **extra: str) -> None:
+def launch(nproc: int, args: list[str], dump: Path, recipe: Path = RECIPE, **extra: str) -> None:
     dump.mkdir()
     env = {**os.environ, "DUMP": str(dump), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
-    driver = [str(ROOT / "tests" / "run_driver.py"), str(RECIPE), *args]
+    driver = [str(ROOT / "tests" / "run_driver.py"), str(recipe), *args]
     cmd = [sys.executable, *(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                              if nproc > 1 else []), *driver]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -195,3 +195,116 @@ def test_streamed_two_rank_run_preempted_and_resumed_exactly(tiny_args, kjv_rows
     a = load_file(str(tmp_path / "whole" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "model.safetensors"))
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
+
+
+def seen_updates(path: Path, rank: int) -> list[list[tuple[int, int]]]:
+    """Per update, the (row, masks) hash pairs a rank trained on."""
+    lines = [json.loads(x) for x in Path(f"{path}.rank{rank}").read_text().splitlines()]
+    return [list(zip(x["rows"], x["masks"], strict=True)) for x in lines]
+
+
+@pytest.mark.parametrize("modality", ["text", "vision"])
+def test_each_epoch_draws_new_masks_and_crops_on_two_ranks_as_on_one(modality, tiny_args, image_dirs, kjv_rows,
+                                                                     tmp_path):
+    """Map-style data, 3 updates of a global batch of 4 per epoch, 2 epochs: the second epoch's
+    examples are masked (and cropped) anew, on 2 ranks exactly as on 1."""
+    from tests.conftest import TINY_VISION
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if modality == "text":  # 15 blocks of 32 tokens: 3 updates per epoch
+        recipe, extra = RECIPE, tiny_args
+        (data / "verses.txt").write_text("\n".join(r["text"] for r in kjv_rows[:12]) + "\n")
+    else:
+        recipe, extra = ROOT / "recipes" / "vision" / "tiny.yaml", TINY_VISION
+        for f in sorted(image_dirs[0].glob("*.png"))[:12]:
+            (data / f.name).write_bytes(f.read_bytes())
+    args = [*extra, "--data", str(data), "--max_steps", "6", "--save_steps", "100", "--report_to", "none"]
+    from multissl.config import load_recipe
+    from multissl.train import build_model
+
+    blocks = len(build_model(load_recipe(recipe, [*args, "--output_dir", str(tmp_path / "x")]))[2])
+    assert blocks // 4 == 3, blocks
+    for n in (1, 2):
+        launch(n, [*args, "--batch_size", str(4 // n), "--output_dir", str(tmp_path / f"run{n}")], tmp_path / f"d{n}",
+               recipe, SEEN=str(tmp_path / f"seen{n}"))
+    one = seen_updates(tmp_path / "seen1", 0)
+    two = [a + b for a, b in zip(seen_updates(tmp_path / "seen2", 0), seen_updates(tmp_path / "seen2", 1), strict=True)]
+    assert len(one) == len(two) == 6
+    assert [sorted(u) for u in two] == [sorted(u) for u in one]  # the same examples, masks and crops
+    first, second = {p for u in two[:3] for p in u}, {p for u in two[3:] for p in u}
+    rows = {r for r, _ in first} & {r for r, _ in second}
+    if modality == "text":
+        assert len(rows) >= 6  # most blocks come back in epoch 2 ...
+    else:
+        assert not rows  # ... crops are new for every image ...
+    assert not first & second  # ... and no example comes back with the same masks
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ranks_on_other_nodes_wait_for_the_main_rank_to_set_the_run_folder_up(tiny_args, tmp_path):
+    """Two "nodes" of one process each (two torchrun launchers, both ranks local rank 0) resume a run:
+    rank 1 must not look for the checkpoint before rank 0 (slowed by 3 s) has finished with the run
+    folder, as with a node-local barrier it would."""
+    from multissl.config import load_recipe
+    from multissl.train import pretrain
+
+    args = [*tiny_args, "--max_steps", "3", "--save_steps", "3", "--output_dir", str(tmp_path / "run")]
+    pretrain(load_recipe(RECIPE, args))
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "SETUP": str(tmp_path / "setup"),
+           "SLOW_SETUP": "3"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={n}",
+                               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                               str(ROOT / "tests" / "run_driver.py"), str(RECIPE), *args, "--resume"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for n in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    main, other = (json.loads(Path(f"{tmp_path / 'setup'}.rank{r}").read_text()) for r in (0, 1))
+    assert other["start"] >= main["end"], (main, other)
+
+
+def _decide_on_rank(rank: int, store: str, out: str) -> None:
+    """One of 2 gloo ranks holding its own shard of a gradient (rank 1's holds a NaN), as under FSDP,
+    asks the trainer whether to skip the update."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from multissl.trainer import Data2VecTrainer
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    model = torch.nn.Linear(4, 2)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.1 * (rank + 1))
+    if rank == 1:
+        model.weight.grad[0, 1] = float("nan")
+    optimizer = torch.optim.AdamW(model.parameters())
+    trainer = SimpleNamespace(args=SimpleNamespace(fp16=False, device=torch.device("cpu")),
+                              accelerator=SimpleNamespace(scaler=None), state=SimpleNamespace(global_step=0),
+                              _nonfinite_in_update=False, skip_this_update=False, skipped_updates=0,
+                              nonfinite_streak=0)
+    Data2VecTrainer.decide_update(trainer, model, optimizer)
+    result = {"skip": trainer.skip_this_update, "skipped": trainer.skipped_updates,
+              "grads_dropped": all(p.grad is None for p in model.parameters())}
+    Path(f"{out}.rank{rank}").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_a_nan_in_one_ranks_gradient_shard_skips_the_update_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    import multissl.trainer  # noqa: F401  (imported once here; the forked ranks inherit it)
+
+    mp.start_processes(_decide_on_rank, args=(str(tmp_path / "store"), str(tmp_path / "decision")), nprocs=2,
+                       start_method="fork")
+    decisions = [json.loads(Path(f"{tmp_path / 'decision'}.rank{r}").read_text()) for r in (0, 1)]
+    assert decisions == [{"skip": True, "skipped": 1, "grads_dropped": True}] * 2, decisions

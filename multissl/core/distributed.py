@@ -36,3 +36,24 @@ def global_mean(total: torch.Tensor, count: int) -> torch.Tensor:
     n = world_size()
     global_count = all_sum(torch.tensor(float(count), device=total.device))
     return total * n / global_count.clamp_min(1.0)
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` from every rank, concatenated in rank order (no gradient; ranks may hold
+    different numbers of rows).
+
+    >>> all_gather_rows(torch.ones(2, 3)).shape
+    torch.Size([2, 3])
+    """
+    n = world_size()
+    if n == 1:
+        return x.detach()
+    x = x.detach().contiguous()
+    counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(n)]
+    dist.all_gather(counts, torch.tensor([x.shape[0]], device=x.device))
+    most = int(max(c.item() for c in counts))
+    padded = torch.zeros(most, *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts, strict=True)])

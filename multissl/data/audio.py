@@ -21,7 +21,7 @@ from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig, sample_mask
 from multissl.data.saved_datasets import is_saved_dataset, media_column
 from multissl.data.seeds import example_rng
-from multissl.data.skipping import first_decodable, made_or_skipped, warn_skipped
+from multissl.data.skipping import first_decodable, made_or_skipped, warn_skipped, warn_unrecognised
 from multissl.data.streams import SeededStream, media_stream
 from multissl.modalities.audio import AudioConfig
 
@@ -101,8 +101,9 @@ def find_audio(spec: str, column: str = "audio") -> list[Clip]:
         if is_saved_dataset(p):
             clips += [Clip(name, -1, 0, data) for name, data in media_column(p, column, "data.audio_column")]
         elif p.is_dir():
-            clips += [Clip(str(f), -1, 0) for f in sorted(p.rglob("*")) if f.suffix.lower() in AUDIO_EXTENSIONS
-                      and f.is_file()]
+            found = [f for f in sorted(p.rglob("*")) if f.is_file()]
+            clips += [Clip(str(f), -1, 0) for f in found if f.suffix.lower() in AUDIO_EXTENSIONS]
+            warn_unrecognised(p, [f for f in found if f.suffix.lower() not in AUDIO_EXTENSIONS], AUDIO_EXTENSIONS)
         elif p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
             clips += _from_manifest(p, column)
         elif p.is_file():

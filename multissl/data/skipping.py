@@ -4,7 +4,8 @@ when nothing is left or ``data.strict`` asks for it. Shared by the speech and im
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from multissl.config import RecipeError
@@ -56,3 +57,15 @@ def made_or_skipped(name: str, make: Callable[[], Any], strict: bool, what: str,
             raise error(f"{name}: {e} (data.strict is set)") from e
         log.warning("%s: skipped %s: %s", what, name, str(e)[:160])
         return None
+
+
+def warn_unrecognised(folder: Path, files: Sequence[Path], known: Iterable[str]) -> None:
+    """Name and count the files of ``folder`` that are left out because of their extension.
+
+    >>> warn_unrecognised(Path("imgs"), [], [".png"])
+    """
+    if files:
+        names = [str(f.relative_to(folder)) for f in files]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        log.warning("data: %s: left out %d file(s) whose extension is not one of %s: %s%s", folder, len(names),
+                    " ".join(sorted(known)), ", ".join(names[:5]), more)

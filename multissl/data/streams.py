@@ -85,25 +85,40 @@ class SeededStream(torch.utils.data.IterableDataset):
         part = rank * (info.num_workers if info else 1) + (info.id if info else 0)
         ds = split_dataset_by_node(self.ds, rank, world) if world > 1 else self.ds
         last, ahead = self._last.get(part, (-1, -1)), part in self._ahead
+        where = f"stream part {part} (rank {rank} of {world}, worker {info.id if info else 0} of " \
+                f"{info.num_workers if info else 1})"
         epoch = 0
         while True:
             ds.set_epoch(epoch)
-            rows = 0
+            rows = tried = made = 0
+            rejected: list[str] = []
             for i, row in enumerate(ds):
                 rows += 1
                 if (epoch, i) <= last:
                     continue  # trained on before the checkpoint: read past, not decoded
+                tried += 1
                 seed = (self.seed, epoch, part, i)
                 example = row if self.make is None else self.make(row, seed)
                 if example is None:
+                    if len(rejected) < 3 and isinstance(row, dict) and "name" in row:
+                        rejected.append(str(row["name"]))
                     continue
+                made += 1
                 example = {**example, "seed": seed}
                 if ahead:  # this worker was a batch ahead: one batch for the loader to drop
                     yield from [example] * self._batch_size
                     ahead = False
                 yield example
             if rows == 0:
-                return  # this worker's part is empty (fewer files than workers)
+                if world * (info.num_workers if info else 1) == 1:  # the only reader
+                    raise RecipeError("data.path: the stream has no examples (text: fewer tokens than one block of "
+                                      "adapter.max_length)")
+                log.warning("data: %s has no rows (fewer files than ranks x workers?); the other parts go on", where)
+                return
+            if made == 0 and tried == rows:  # a whole pass and nothing usable: the next would loop for ever
+                names = f" ({', '.join(rejected)}, ...)" if rejected else ""
+                raise RecipeError(f"data.path: {where}: none of its {rows} rows is usable{names}; see the "
+                                  "warnings above")
             epoch += 1
 
 
@@ -169,21 +184,40 @@ def media_stream(spec: str, column: str, key: str, find: Callable[[str], list[An
 
 
 def _saved_rows(path: Path, column: str, key: str) -> Any:
+    """The rows of a ``datasets`` folder's arrow files (the train split of a DatasetDict), one shard
+    per file, named as the loaded path names them: the row's file path, or ``folder[index]``."""
     import datasets
+    import pyarrow as pa
 
     files = sorted(str(f) for f in path.rglob("*.arrow"))
-    split = [f for f in files if "/train/" in f] or files  # a DatasetDict: its train split
-    ds = datasets.load_dataset("arrow", data_files=split, split="train", streaming=True)
-    if column not in (ds.column_names or []):
-        raise RecipeError(f"{key}: {path} has no column {column!r} (columns: {', '.join(ds.column_names or [])})")
-    feature = ds.features[column] if ds.features else None
-    if isinstance(feature, datasets.Audio | datasets.Image):
-        ds = ds.cast_column(column, type(feature)(decode=False))
+    split = [f for f in files if "/train/" in f] or files
+    if not split:
+        raise RecipeError(f"data.path: {path}: a datasets folder without .arrow files")
+    starts, total = [], 0
+    for f in split:  # row counts from the batch headers of memory-mapped files: no data is read
+        starts.append(total)
+        with pa.memory_map(f) as source:
+            reader = pa.ipc.open_stream(source)
+            names = reader.schema.names
+            total += sum(batch.num_rows for batch in reader)
+        if column not in names:
+            raise RecipeError(f"{key}: {f} has no column {column!r} (columns: {', '.join(names)})")
+    features = datasets.Features({"name": datasets.Value("string"), "bytes": datasets.Value("binary")})
+    return datasets.IterableDataset.from_generator(
+        _arrow_rows, features=features,
+        gen_kwargs={"parts": list(zip(split, starts, strict=True)), "folder": str(path), "column": column})
 
-    def to_row(row: dict[str, Any]) -> dict[str, Any]:
-        cell = row[column]
-        if isinstance(cell, dict):
-            return {"name": cell.get("path") or f"{path}[row]", "bytes": cell.get("bytes")}
-        return {"name": str(cell), "bytes": None}
 
-    return ds.map(to_row, remove_columns=ds.column_names)
+def _arrow_rows(parts: list[tuple[str, int]], folder: str, column: str) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+
+    for file, start in parts:
+        index = start
+        with pa.memory_map(file) as source:
+            for batch in pa.ipc.open_stream(source):
+                for cell in batch.column(column).to_pylist():
+                    if isinstance(cell, dict) and cell.get("bytes"):  # Audio / Image rows holding the file
+                        yield {"name": f"{folder}[{index}]", "bytes": cell["bytes"]}
+                    else:
+                        yield {"name": cell.get("path") if isinstance(cell, dict) else str(cell), "bytes": None}
+                    index += 1

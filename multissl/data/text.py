@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import BERT_MASK, BERT_RANDOM, MaskConfig, bert_mask, sample_mask
 from multissl.data.seeds import SeededDataset, example_rng
+from multissl.data.skipping import warn_unrecognised
 from multissl.data.streams import SeededStream
 from multissl.modalities.text import TextConfig
 
@@ -31,7 +33,9 @@ def resolve_files(spec: str, fmt: str = "auto") -> tuple[str, list[str]]:
     for part in filter(None, (s.strip() for s in spec.split(","))):
         p = Path(part)
         if p.is_dir():
-            files += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file())
+            files += [str(f) for f in found if f.suffix in SUFFIXES]
+            warn_unrecognised(p, [f for f in found if f.suffix not in SUFFIXES], SUFFIXES)
         elif p.is_file():
             files.append(str(p))
         else:
@@ -58,19 +62,100 @@ def load_corpus(cfg: DataConfig):
     if empty:
         log.warning("data: skipping %d empty file(s): %s", len(empty), ", ".join(empty[:5]))
         files = [f for f in files if f not in empty]
+    if cfg.streaming:
+        why = _unusable(files[0], builder, cfg.text_column)  # the first file's problems are known now
+        if why:
+            raise RecipeError(f"data.path: {files[0]}: {why}")
+        features = datasets.Features({"text": datasets.Value("string")})
+        # one shard per file, so ranks and workers split them; each row knows its file
+        return datasets.IterableDataset.from_generator(
+            _streamed_text, features=features,
+            gen_kwargs={"files": files, "builder": builder, "column": cfg.text_column, "strict": cfg.strict})
     kwargs: dict[str, Any] = {"encoding_errors": "replace"} if builder == "text" else {}
     try:
-        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+        ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
     except Exception as e:  # datasets wraps parse errors in several types
+        bad = next(((f, why) for f in files if (why := _unusable(f, builder, cfg.text_column))), None)
+        if bad:
+            raise RecipeError(f"data.path: {bad[0]}: {bad[1]}") from None
         raise RecipeError(f"data.path: could not read {', '.join(files[:3])}: {str(e).splitlines()[0]}") from None
-    columns = ds.column_names if ds.column_names is not None else list(ds.features or {})
     if builder != "text":
-        if cfg.text_column not in columns:
-            raise RecipeError(f"data.text_column: no column {cfg.text_column!r} in {files[0]} (columns: {columns})")
+        if cfg.text_column not in ds.column_names:
+            raise RecipeError(f"data.text_column: no column {cfg.text_column!r} in {files[0]} "
+                              f"(columns: {ds.column_names})")
         ds = ds.select_columns([cfg.text_column])
         if cfg.text_column != "text":
             ds = ds.rename_column(cfg.text_column, "text")
     return ds
+
+
+def _open_rows(file: str, builder: str) -> Any:
+    """One file's rows, as the ``datasets`` builder reads them (text: lines, undecodable bytes as U+FFFD)."""
+    import datasets
+
+    kwargs: dict[str, Any] = {"encoding_errors": "replace"} if builder == "text" else {}
+    return datasets.load_dataset(builder, data_files=[file], split="train", streaming=True, **kwargs)
+
+
+def _unusable(file: str, builder: str, column: str) -> str:
+    """Why ``file`` cannot be read for its text (its first row is read), or ""."""
+    if builder == "text":
+        return ""
+    try:
+        rows = _open_rows(file, builder)
+        columns = rows.column_names if rows.column_names is not None else list(rows.features or {})
+        if column not in columns:
+            return f"no column {column!r} (columns: {columns}); set data.text_column"
+        next(iter(rows), None)
+    except Exception as e:  # datasets and pyarrow raise several types for malformed files
+        return f"unreadable ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+    return ""
+
+
+# Streamed files with problems, counted per process as they come (a stream has no end to count at).
+_streamed_problems: Counter[str] = Counter()
+
+
+def _streamed_text(files: list[str], builder: str, column: str, strict: bool) -> Any:
+    """Rows ``{"text"}`` of a stream's files (datasets calls it per file, its shard), read as the loaded
+    path reads them. A file that cannot be read (or lacks the column) is skipped with a warning naming
+    it (raised with ``strict``), as is one of nothing but blank lines; lines with undecodable bytes are
+    counted per file. Each warning carries the count so far."""
+    for file in files:
+        blank = bad = lines = 0
+        try:
+            if builder == "text":  # what the text builder does, without building one per file
+                with open(file, encoding="utf-8", errors="replace") as fh:
+                    for line in fh:
+                        text = line.rstrip("\n")
+                        lines += 1
+                        blank += not text.strip()
+                        bad += "\ufffd" in text
+                        yield {"text": text}
+            else:
+                why = _unusable(file, builder, column)
+                if why:
+                    raise ValueError(why)
+                for row in _open_rows(file, builder):
+                    text = row[column]
+                    lines += 1
+                    blank += not (text and text.strip())
+                    yield {"text": text}
+        except Exception as e:  # a malformed file, found as it is streamed
+            if strict:
+                raise RecipeError(f"data.path: {file}: {e} (data.strict is set)") from None
+            _streamed_problems["skipped"] += 1
+            log.warning("data: skipped %s: %s (%d file(s) skipped so far)", file,
+                        str(e).splitlines()[0][:200] if str(e) else type(e).__name__, _streamed_problems["skipped"])
+            continue
+        if lines and blank == lines:
+            _streamed_problems["skipped"] += 1
+            log.warning("data: skipped %s: only blank lines (%d) (%d file(s) skipped so far)", file, lines,
+                        _streamed_problems["skipped"])
+        if bad:
+            _streamed_problems["undecodable"] += bad
+            log.warning("data: %s: %d of %d lines had undecodable bytes, read as U+FFFD (%d such lines so far)", file,
+                        bad, lines, _streamed_problems["undecodable"])
 
 
 def pack_blocks(ds, tokenizer, text: TextConfig):

@@ -22,7 +22,7 @@ from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig, sample_mask
 from multissl.data.saved_datasets import is_saved_dataset, media_column
 from multissl.data.seeds import example_rng
-from multissl.data.skipping import first_decodable, made_or_skipped, warn_skipped
+from multissl.data.skipping import first_decodable, made_or_skipped, warn_skipped, warn_unrecognised
 from multissl.data.streams import SeededStream, media_stream
 from multissl.modalities.vision import VisionConfig
 
@@ -85,8 +85,9 @@ def find_images(spec: str, column: str = "image") -> list[Picture]:
         if is_saved_dataset(p):
             pictures += [Picture(name, data) for name, data in media_column(p, column, "data.image_column")]
         elif p.is_dir():
-            pictures += [Picture(str(f)) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS
-                         and f.is_file()]
+            found = [f for f in sorted(p.rglob("*")) if f.is_file()]
+            pictures += [Picture(str(f)) for f in found if f.suffix.lower() in IMAGE_EXTENSIONS]
+            warn_unrecognised(p, [f for f in found if f.suffix.lower() not in IMAGE_EXTENSIONS], IMAGE_EXTENSIONS)
         elif p.is_file() and p.suffix == ".npy":
             arr = np.load(p, mmap_mode="r")
             if arr.ndim not in (3, 4) or arr.dtype != np.uint8:

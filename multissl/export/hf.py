@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from multissl.export.card import last_metrics, model_card
+from multissl.runs import EXPORT_KEY, export_info
 from multissl.staging import staged_folder
 from multissl.train import PREPROCESSOR_DIR, load_run
 
@@ -62,6 +63,7 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
     if missing or unexpected:
         raise ParityError(f"HF {type(hf_model).__name__} does not fit: missing {missing[:4]}, "
                           f"unexpected {unexpected[:4]}")
+    hf_model.config.update({EXPORT_KEY: export_info()})  # the layout version, for whoever reads it later
     with staged_folder(out) as tmp:
         hf_model.save_pretrained(tmp)
         preprocessor = None

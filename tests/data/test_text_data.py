@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -111,3 +112,65 @@ def test_v1_bert_collator(tok, kjv_file):
     assert abs(changed.float().mean().item() - 0.15 * 0.1) < 0.01
     specials = np.array([tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id])
     assert not np.isin(student[changed].numpy(), specials).any()
+
+
+def first_pass(stream) -> list[dict]:
+    """The examples of a stream's first pass."""
+    out = []
+    for example in stream:
+        if example["seed"][1] > 0:
+            return out
+        out.append(example)
+    return out
+
+
+def test_streamed_text_names_and_counts_bad_input_per_file(tmp_path, kjv_rows, tok, caplog):
+    """Undecodable bytes and a file of blank lines: named per file and counted as they come (the loaded
+    path counts them when it loads); the stream's blocks are the loaded path's."""
+    d = tmp_path / "txt"
+    d.mkdir()
+    (d / "a_good.txt").write_text("\n".join(r["text"] for r in kjv_rows[:100]) + "\n")
+    (d / "b_latin1.txt").write_bytes(("Caf\xe9 na\xefve r\xe9sum\xe9\n" * 40).encode("latin-1"))
+    (d / "c_blank.txt").write_text("\n   \n\t\n")
+    with caplog.at_level("WARNING"):
+        examples = first_pass(build_text_dataset(DataConfig(path=str(d), streaming=True, shuffle_buffer=0), tok,
+                                                 text_cfg(tok), seed=0))
+    loaded = build_text_dataset(DataConfig(path=str(d)), tok, text_cfg(tok), seed=0)
+    assert [e["input_ids"] for e in examples] == [loaded[i]["input_ids"] for i in range(len(loaded))]
+    assert f"{d / 'b_latin1.txt'}: 40 of 40 lines had undecodable bytes, read as U+FFFD (" in caplog.text
+    assert f"skipped {d / 'c_blank.txt'}: only blank lines (3)" in caplog.text
+    assert re.search(r"\(\d+ file\(s\) skipped so far\)", caplog.text)
+
+
+def test_a_file_without_the_text_column_is_named_loaded_and_streamed(tmp_path, kjv_rows, tok, caplog):
+    d = tmp_path / "json"
+    d.mkdir()
+    (d / "a.jsonl").write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in kjv_rows[:100]))
+    (d / "b.jsonl").write_text("".join(json.dumps({"body": r["text"]}) + "\n" for r in kjv_rows[100:120]))
+    with pytest.raises(RecipeError, match=rf"data.path: {d / 'b.jsonl'}: no column 'text' \(columns: \['body'\]\)"):
+        load_corpus(DataConfig(path=str(d)))
+    with caplog.at_level("WARNING"):
+        examples = first_pass(build_text_dataset(DataConfig(path=str(d), streaming=True, shuffle_buffer=0), tok,
+                                                 text_cfg(tok), seed=0))
+    assert examples and f"skipped {d / 'b.jsonl'}: no column 'text'" in caplog.text
+    strict = build_text_dataset(DataConfig(path=str(d), streaming=True, shuffle_buffer=0, strict=True), tok,
+                                text_cfg(tok), seed=0)
+    with pytest.raises(RecipeError, match=rf"{d / 'b.jsonl'}: no column 'text'.*data.strict"):
+        first_pass(strict)
+
+
+def test_a_stream_shorter_than_one_block_is_an_error_not_an_empty_run(tmp_path, tok):
+    (tmp_path / "short.txt").write_text("In the beginning.\n")
+    stream = build_text_dataset(DataConfig(path=str(tmp_path / "short.txt"), streaming=True), tok, text_cfg(tok), 0)
+    with pytest.raises(RecipeError, match="the stream has no examples"):
+        next(iter(stream))
+
+
+def test_unrecognised_files_in_a_text_folder_are_named_and_counted(tmp_path, kjv_rows, caplog):
+    (tmp_path / "a.txt").write_text("\n".join(r["text"] for r in kjv_rows[:10]))
+    (tmp_path / "notes.md").write_text("# notes")
+    (tmp_path / "table.csv").write_text("a,b\n")
+    with caplog.at_level("WARNING"):
+        assert resolve_files(str(tmp_path)) == ("text", [str(tmp_path / "a.txt")])
+    assert f"{tmp_path}: left out 2 file(s) whose extension is not one of" in caplog.text
+    assert "notes.md, table.csv" in caplog.text

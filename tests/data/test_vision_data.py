@@ -173,3 +173,53 @@ def test_streamed_folder_skips_and_names_bad_images_as_they_come(tmp_path, photo
     assert len(examples) == 2 and all(e["pixel_values"].shape == (3, 32, 32) for e in examples)  # digit, good
     for name in ("truncated.png", "empty.jpg", "noise.webp", "one.png"):
         assert f"skipped {d / name}" in caplog.text
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+def test_a_bad_row_of_a_datasets_folder_is_named_by_its_index(streaming, tmp_path, image_dirs, caplog):
+    """8 encoded images in 2 arrow files, row 5 (the second file's second) corrupt: both paths name
+    it ``folder[5]``."""
+    import datasets
+
+    cells = [{"bytes": f.read_bytes(), "path": None} for f in sorted(image_dirs[0].glob("*.png"))[:8]]
+    cells[5] = {"bytes": b"\x89PNG\r\n\x1a\n" + os.urandom(200), "path": None}
+    ds = datasets.Dataset.from_dict({"image": cells}).cast_column("image", datasets.Image())
+    folder = tmp_path / "hf"
+    ds.save_to_disk(folder, num_shards=2)
+    assert len(list(folder.glob("*.arrow"))) == 2
+    with caplog.at_level(logging.WARNING):
+        built = build_image_dataset(DataConfig(path=str(folder), streaming=streaming, shuffle_buffer=0), CFG, seed=0)
+        if streaming:
+            it = iter(built)
+            names = [next(it)["seed"][3] for _ in range(7)]  # the rows of the first pass
+            assert names == [0, 1, 2, 3, 4, 6, 7]
+        else:
+            assert len(built) == 7
+    assert f"skipped {folder}[5]" in caplog.text
+    assert "[row]" not in caplog.text
+
+
+def test_a_stream_of_only_bad_images_fails_naming_its_part(tmp_path, photo, image_dirs):
+    """Every file of the stream is unusable: the first pass ends in a one-line error naming the
+    part and its files, not in an endless search for a usable one (20 s alarm as the guard)."""
+    import signal
+
+    d = bad_image_folder(tmp_path, photo, image_dirs)
+    for name in ("digit.png", "cats/good.jpg"):
+        (d / name).unlink()
+
+    class Endless(BaseException):  # not an Exception: the skipping code would catch that and go on
+        pass
+
+    def endless(signum, frame):
+        raise Endless("the stream kept looking for a usable image for 20 s")
+
+    previous = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(20)
+    try:
+        with pytest.raises(RecipeError, match=r"stream part 0 \(rank 0 of 1, worker 0 of 1\): none of its 4 rows is "
+                                              rf"usable \({d / 'empty.jpg'}, "):
+            next(iter(build_image_dataset(DataConfig(path=str(d), streaming=True, shuffle_buffer=0), CFG, seed=0)))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
