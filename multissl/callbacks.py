@@ -4,8 +4,10 @@ metrics files. Each one does one thing at one point of the Trainer's loop."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -71,15 +73,25 @@ class PreemptionGuard(TrainerCallback):
 
 
 class EMACallback(TrainerCallback):
-    """Steps the teacher after each optimiser update that really happened."""
+    """Steps the teacher after each optimiser update that really happened, with the decay its
+    schedule gives the optimiser step (the learning rate's position too); at the end of the run it
+    warns when more than ``max_init_share`` of the teacher is still its initial value."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, trainer, max_init_share: float = 0.1):
+        self.trainer, self.max_init_share = trainer, max_init_share
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.trainer.skip_this_update or getattr(optimizer, "step_was_skipped", False):
             return
-        self.trainer.ema_decay = model.ema_step()
+        self.trainer.ema_decay = model.ema_step(state.global_step - 1)
+        self.trainer.teacher_init_share = float(model.teacher_init_share)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        share = float(model.teacher_init_share) if model is not None else 0.0
+        if share > self.max_init_share:
+            log.warning("ema: %.0f%% of the teacher is still its initial value after %d steps; the EMA "
+                        "schedule is too slow for this run (set method.ema.max_init_share, e.g. 0.05, or "
+                        "lower method.ema.decay / end_decay)", 100 * share, state.global_step)
 
 
 class HealthCallback(TrainerCallback):
@@ -102,10 +114,28 @@ class HealthCallback(TrainerCallback):
 
 
 class MetricsFileCallback(TrainerCallback):
-    """Appends every training log to ``metrics.jsonl`` and ``metrics.csv`` in the run folder."""
+    """Appends every training log to ``metrics.jsonl`` and ``metrics.csv`` in the run folder. On a
+    resume, rows logged after the checkpoint it resumes from (by the run that stopped) are dropped
+    first, so that each step has one row."""
 
-    FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "target_var", "pred_var", "ema_decay",
-              "skipped_updates")
+    FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "target_var", "pred_var", "student_rank",
+              "teacher_rank", "target_pos_share", "ema_decay", "teacher_init_share", "skipped_updates")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        out = Path(args.output_dir)
+        jsonl = out / "metrics.jsonl"
+        if not jsonl.exists():
+            return
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r.get("step", 0) <= state.global_step]
+        if len(kept) == len(rows):
+            return
+        for path, text in ((jsonl, "".join(json.dumps(r) + "\n" for r in kept)), (out / "metrics.csv", _csv(kept))):
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "loss" not in logs:
@@ -121,3 +151,11 @@ class MetricsFileCallback(TrainerCallback):
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MetricsFileCallback.FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

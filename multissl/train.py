@@ -22,6 +22,7 @@ from multissl.core.data2vec import Data2Vec
 from multissl.data.streams import PositionCollator, SeededStream, StreamRecord
 from multissl.modalities import get_modality
 from multissl.modalities.base import Modality
+from multissl.runs import check_export, migrate_run, run_version, write_run_info
 from multissl.trainer import RECIPE_FILE, STREAM_FILE, Data2VecTrainer
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,13 @@ log = logging.getLogger(__name__)
 PREPROCESSOR_DIR = "preprocessor"
 # Sections that change the model: a checkpoint made under other values cannot be resumed.
 MODEL_SECTIONS = ("modality", "encoder", "adapter", "method")
+# ... nor under other data, batches or data order: the checkpoint's data position (batches of the
+# sampler, rows of a stream) would count other examples, and some would be trained on twice or never.
+KEPT_ON_RESUME = (*MODEL_SECTIONS, "train.batch_size", "train.grad_accum", "train.seed", "train.fsdp", "data.path",
+                  "data.format", "data.text_column", "data.audio_column", "data.image_column", "data.tokenizer",
+                  "data.streaming", "data.shuffle_buffer")
+# Where the run lives is not part of it: a run folder may move (to a disk with room, say).
+IGNORED_ON_RESUME = ("train.output_dir",)
 
 
 class CollapseError(RuntimeError):
@@ -55,13 +63,14 @@ def build_model(recipe: Recipe) -> tuple[Modality, Data2Vec, Any, Any, Any]:
     if recipe.init_from:
         if not Path(recipe.init_from).is_dir():
             raise RecipeError(f"init_from: {recipe.init_from}: no such model folder")
+        check_export(recipe.init_from)
         enc, state = modality.from_hf(recipe.init_from)
         recipe.encoder = enc
     dataset, collator, preprocessor = modality.prepare(recipe)
     recipe.adapter = asdict(modality.cfg)
     recipe.validate()
     torch.manual_seed(recipe.train.seed)
-    model = Data2Vec(modality, enc, recipe.method)
+    model = Data2Vec(modality, enc, recipe.method, run_steps=recipe.train.max_steps)
     if state is not None:
         missing, unexpected = model.encoder.load_state_dict(state, strict=False)
         # a mask embedding is per method (v1 has one, v2 none), not part of the imported encoder
@@ -86,6 +95,9 @@ def training_arguments(recipe: Recipe, output_dir: str) -> TrainingArguments:
         kwargs["fsdp_config"] = {"version": 2, "transformer_layer_cls_to_wrap": ["Block"],
                                  "reshard_after_forward": t.fsdp == "full_shard"}
     cuda = torch.cuda.is_available()
+    if t.precision == "fp16" and not cuda:
+        log.warning("train.precision=fp16 on the CPU: accelerate runs it in fp32 (no autocast, no loss scaling); "
+                    "bf16 is the CPU's mixed precision")
     return TrainingArguments(
         output_dir=output_dir, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, adam_beta1=t.betas[0],
@@ -124,21 +136,37 @@ def _resume_stream(trainer: Data2VecTrainer, stream: SeededStream, start: Path |
         log.info("resume: replaying the stream up to %s", start.name)
 
 
-def _check_resumable(run_dir: Path, recipe: Recipe) -> None:
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_resumable(run_dir: Path, recipe: Recipe, warn: bool = False) -> None:
+    """Refuse a resume whose recipe changes a key of ``KEPT_ON_RESUME``; other changes go on, each
+    named in one warning (with ``warn``). A key the saved recipe lacks (an older multissl) is its default."""
     saved_path = run_dir / RECIPE_FILE
     if not saved_path.exists():
         return
-    saved = yaml.safe_load(saved_path.read_text())
-    now = recipe.to_dict()
-    for section in MODEL_SECTIONS:
-        a, b = saved.get(section), now.get(section)
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                if key in b and a.get(key) != b.get(key) and not (section == "adapter" and b[key] == -1):
-                    raise RecipeError(f"--resume: {saved_path} was made with {section}.{key}={a.get(key)!r}, "
-                                      f"this recipe has {b.get(key)!r}")
-        elif a != b:
-            raise RecipeError(f"--resume: {saved_path} was made with {section}={a!r}, this recipe has {b!r}")
+    saved, now = _flat(yaml.safe_load(saved_path.read_text()) or {}), _flat(recipe.to_dict())
+    changed = []
+    for key in sorted(now):
+        if key not in saved or key in IGNORED_ON_RESUME:
+            continue
+        a, b = saved[key], now[key]
+        if a == b or (key.startswith("adapter.") and b == -1):  # -1: completed from the data later
+            continue
+        if any(key == k or key.startswith(k + ".") for k in KEPT_ON_RESUME):
+            why = "the model" if key.split(".")[0] in MODEL_SECTIONS else "what the checkpoint's data position counts"
+            raise RecipeError(f"--resume: {saved_path} was made with {key}={a!r}, this recipe has {b!r} (it changes "
+                              f"{why}); start a new run or keep the value")
+        changed.append(f"{key} {a!r} -> {b!r}")
+    if changed and warn:
+        log.warning("--resume: continuing %s with changed settings: %s", run_dir, "; ".join(changed))
 
 
 def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, callbacks: list | None = None) -> Path:
@@ -154,6 +182,7 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
     if resume:
         if not run_dir.is_dir() or not checkpoints(run_dir):
             raise RecipeError(f"--resume: no checkpoint-* folder in {run_dir}")
+        run_version(run_dir)  # a newer multissl's run is refused before anything is read
         _check_resumable(run_dir, recipe)
     elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise RecipeError(f"train.output_dir: {run_dir} exists and is not empty "
@@ -166,17 +195,22 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
     main = args.should_save
     modality, model, dataset, collator, preprocessor = build_model(recipe)
     start = None
-    with args.main_process_first(desc="run folder"):
+    # every rank, on every node, waits for the main rank to set the run folder up (the default,
+    # local=True, makes only the ranks of the main rank's own node wait)
+    with args.main_process_first(local=False, desc="run folder"):
         if resume:
-            _check_resumable(run_dir, recipe)  # again, now that the data completed the adapter's settings
+            _check_resumable(run_dir, recipe, warn=main)  # again, with the adapter completed from the data
             start = latest_good(run_dir, set_aside=main)
             if start is None:
                 raise RecipeError(f"--resume: no usable checkpoint in {run_dir} (see the warnings above)")
+            if main:
+                migrate_run(run_dir)
         elif main:
             if run_dir.exists() and overwrite:
                 shutil.rmtree(run_dir)  # only once the new run is known to start
             run_dir.mkdir(parents=True, exist_ok=True)
             recipe.save(run_dir / RECIPE_FILE)
+            write_run_info(run_dir)
             if preprocessor is not None:
                 preprocessor.save_pretrained(run_dir / PREPROCESSOR_DIR)
     if recipe.train.compile:
@@ -213,6 +247,7 @@ def load_run(run_dir: str | Path, which: str = "student") -> tuple[Recipe, Modal
     recipe_path = run_dir / RECIPE_FILE
     if not recipe_path.exists():
         raise FileNotFoundError(f"{run_dir}: not a multissl run folder (no {RECIPE_FILE})")
+    run_version(run_dir)  # older layouts read as they are (0 -> 1 added only the record); newer ones fail
     recipe = from_dict(Recipe, yaml.safe_load(recipe_path.read_text()))
     weights = run_dir / "model.safetensors"
     if not weights.exists():
@@ -221,7 +256,7 @@ def load_run(run_dir: str | Path, which: str = "student") -> tuple[Recipe, Modal
             raise FileNotFoundError(f"{run_dir}: no model.safetensors and no checkpoint-* folder")
         weights = Path(last) / "model.safetensors"
     modality = get_modality(recipe.modality)(recipe.adapter_config())
-    model = Data2Vec(modality, recipe.encoder, recipe.method)
+    model = Data2Vec(modality, recipe.encoder, recipe.method, run_steps=recipe.train.max_steps)
     model.load_state_dict(load_file(str(weights)))
     if which not in ("student", "teacher"):
         raise ValueError(f"--which must be student or teacher, got {which!r}")

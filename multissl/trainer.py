@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer
 
-from multissl.checkpoints import CheckpointError, checkpoints, publish, rotate, seal
+from multissl.checkpoints import SAVE_ERRORS, publish, rotate, save_failed, seal
 from multissl.core.distributed import all_sum
 from multissl.data.streams import StreamRecord
 
@@ -64,6 +64,7 @@ class Data2VecTrainer(Trainer):
         self.nonfinite_streak = 0
         self.last_healthy: dict[str, float] = {}
         self.ema_decay = float("nan")
+        self.teacher_init_share = 1.0
         self.stream_record: StreamRecord | None = None
         self.drop_first_batches = 0
         self.rng_after_first_batch = False
@@ -81,8 +82,11 @@ class Data2VecTrainer(Trainer):
         if all_sum((~torch.isfinite(loss.detach())).float()) > 0:
             self._nonfinite_in_update = True
             params = [p for p in model.parameters() if p.requires_grad]
-            # zero gradients that still reach every parameter, so DDP's reducer completes
-            loss = torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
+            # gradients that still reach every parameter, so DDP's reducer completes: zeros, or NaN under
+            # fp16's GradScaler, which then skips the step itself (with no gradient it would find no
+            # inf check and fail)
+            poison = float("nan") if getattr(self.accelerator, "scaler", None) is not None else 0.0
+            loss = torch.stack([p.reshape(-1)[0] for p in params]).sum() * poison
         else:
             metrics = {k: float(v.detach()) for k, v in out.items()}
             for key, value in metrics.items():
@@ -93,16 +97,21 @@ class Data2VecTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
     def decide_update(self, model: torch.nn.Module, optimizer: Any) -> None:
-        """Before the optimiser steps: drop the whole update when a forward of it was not finite or
-        its gradient is not (fp16's scaler handles its own overflows)."""
-        bad = self._nonfinite_in_update
-        if not bad and not self.args.fp16:
+        """Before the optimiser steps: drop the whole update, on every rank alike, when a forward of it
+        was not finite or its gradient is not. Under fp16's GradScaler (CUDA only) the scaler finds
+        the non-finite gradient and skips the step itself."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        bad = self._nonfinite_in_update  # compute_loss took it from every rank's loss
+        if not bad and scaler is None:
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            bad = bool(grads) and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
+            local = bool(grads) and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
+            # under FSDP each rank holds only its shard of the gradient: the NaN may be in one shard
+            bad = bool(all_sum(torch.tensor(float(local), device=self.args.device)) > 0)
         self._nonfinite_in_update = False
         self.skip_this_update = bad
         if bad:
-            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient alone
+            if scaler is None:
+                optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient alone
             self.skipped_updates += 1
             self.nonfinite_streak += 1
             log.warning("step %d: non-finite loss or gradient, update skipped (%d so far)",
@@ -115,6 +124,7 @@ class Data2VecTrainer(Trainer):
             if self._count:
                 logs.update({k: round(v / self._count, 5) for k, v in self._sums.items()})
             logs["ema_decay"] = self.ema_decay
+            logs["teacher_init_share"] = round(self.teacher_init_share, 5)
             logs["skipped_updates"] = self.skipped_updates
             self._sums, self._count = {}, 0
         super().log(logs, start_time)
@@ -147,6 +157,14 @@ class Data2VecTrainer(Trainer):
 
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=lengths)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        # accelerate's DataLoaderShard.set_epoch skips the dataset when the batch sampler is sharded
+        # (several ranks), so map-style datasets would draw epoch 0's masks and crops every epoch
+        epoch = kwargs["epoch"] if "epoch" in kwargs else args[1]
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(epoch)
+        return super()._run_epoch(*args, **kwargs)
 
     def get_train_dataloader(self) -> Any:
         loader = super().get_train_dataloader()
@@ -185,12 +203,8 @@ class Data2VecTrainer(Trainer):
                 shutil.copy(run_dir / RECIPE_FILE, staging / name / RECIPE_FILE)
                 seal(staging / name)
                 publish(staging / name, run_dir / name)
-        except OSError as e:
-            if main:
-                shutil.rmtree(staging, ignore_errors=True)
-            previous = next((c.name for c in checkpoints(run_dir)), None)
-            kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
-            raise CheckpointError(f"saving {run_dir / name} failed ({e.strerror or e}); {kept}") from e
+        except SAVE_ERRORS as e:
+            raise save_failed(run_dir, name, e, staging if main else None) from e
         finally:
             self._staging = None
         if main:
@@ -201,7 +215,10 @@ class Data2VecTrainer(Trainer):
     def save_final(self, run_dir: Path) -> None:
         """The final weights in ``run_dir``: staged, then each file renamed (on the main rank)."""
         staging = run_dir / ".final"
-        self.save_model(str(staging))
+        try:
+            self.save_model(str(staging))
+        except SAVE_ERRORS as e:
+            raise save_failed(run_dir, staging.name, e, staging if self.args.should_save else None) from e
         if self.args.should_save:
             for f in staging.iterdir():
                 os.replace(f, run_dir / f.name)

@@ -116,3 +116,48 @@ def test_every_text_recipe_runs_on_a_tiny_model(recipe, tiny_args):
     run_dir = pretrain(r)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)
+
+
+def test_ema_schedule_by_run_length_follows_the_step_and_resumes_exactly(tiny_args, tmp_path):
+    """anneal_fraction anneals over that share of max_steps; the decay's position is the optimiser step,
+    as the learning rate's, also across a resume and a skipped update."""
+    from multissl.core.ema import EMAConfig, annealed_decay
+    from tests.run_driver import Poison
+
+    ema = ["--ema.decay", "0.5", "--ema.end_decay", "0.9", "--ema.anneal_fraction", "0.5", "--logging_steps", "1"]
+    cfg = EMAConfig(decay=0.5, end_decay=0.9, anneal_fraction=0.5)
+    expected = [annealed_decay(step, cfg, 8) for step in range(8)]
+    assert expected[:4] == pytest.approx([0.5, 0.6, 0.7, 0.8]) and expected[4:] == [0.9] * 4
+
+    full = run(tiny_args, "--max_steps", "8", *ema, "--output_dir", str(tmp_path / "full"))
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["ema_decay"] for r in rows] == pytest.approx(expected)
+    share = load_file(str(full / "model.safetensors"))["teacher_init_share"]
+    assert float(share) == pytest.approx(float(torch.tensor(expected, dtype=torch.float64).prod()))
+    assert [r["teacher_init_share"] for r in rows][-1] == pytest.approx(float(share), abs=1e-5)
+
+    part = tmp_path / "part"
+    run(tiny_args, "--max_steps", "8", *ema, "--output_dir", str(part), callbacks=[StopAt(3)])
+    run(tiny_args, "--max_steps", "8", *ema, "--output_dir", str(part), resume=True)
+    resumed = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["ema_decay"] for r in resumed] == pytest.approx(expected)
+    assert float(load_file(str(part / "model.safetensors"))["teacher_init_share"]) == pytest.approx(float(share))
+
+    # a skipped update (NaN at step 3) moves no weights, and the schedule stays with the step count
+    skipped = run(tiny_args, "--max_steps", "8", *ema, "--output_dir", str(tmp_path / "skip"),
+                  callbacks=[Poison({3})])
+    rows = [json.loads(line) for line in (skipped / "metrics.jsonl").read_text().splitlines()]
+    assert [r["ema_decay"] for r in rows][3:] == pytest.approx(expected[3:])
+    lrs = [r["learning_rate"] for r in rows]
+    assert lrs == pytest.approx([r["learning_rate"] for r in
+                                 (json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines())])
+    state = load_file(str(skipped / "model.safetensors"))
+    assert int(state["ema_updates"]) == 7
+    assert float(state["teacher_init_share"]) == pytest.approx(
+        float(torch.tensor(expected[:2] + expected[3:], dtype=torch.float64).prod()))
+
+
+def test_a_slow_teacher_is_named_at_the_end(tiny_args, caplog):
+    with caplog.at_level("WARNING"):
+        run(tiny_args, "--max_steps", "3", "--ema.decay", "0.999", "--ema.end_decay", "0.999")
+    assert "of the teacher is still its initial value after 3 steps" in caplog.text

@@ -92,7 +92,7 @@ def text_part(out: Path, max_steps: int | None) -> None:
     diff = max(float((a - b)[valid].abs().max()) for a, b in zip(ours, hf, strict=True))
     print(f"[text 4/5] exported to {model_dir} as {type(model).__name__}; "
           f"AutoModel vs multissl max abs diff {diff:.1e}")
-    results = probe(model_dir, labelled, label_column="section", test_size=0.25, seed=0)
+    results = probe(model_dir, labelled, label_column="section", folds=5, seed=0)
     print("[text 5/5] probe: which section of the Bible a held-out verse is from (6 classes)")
     print(format_table(results))
     plot(run_dir, out / "curves.png")
@@ -136,7 +136,7 @@ def speech_part(out: Path, max_steps: int | None) -> None:
     diff = max(float((a - b)[~pad].abs().max()) for a, b in zip(ours, hf, strict=True))
     print(f"[speech 3/4] exported to {model_dir} as {type(model).__name__}; "
           f"AutoModel vs multissl max abs diff {diff:.1e}")
-    results = probe(model_dir, labelled, label_column="label", input_column="path", test_size=0.25, seed=0)
+    results = probe(model_dir, labelled, label_column="label", input_column="path", folds=5, seed=0)
     print("[speech 4/4] probe: which of 10 spoken digit words (voices unseen in pretraining)")
     print(format_table(results))
     plot(run_dir, out / "curves.png")
@@ -177,7 +177,7 @@ def vision_part(out: Path, max_steps: int | None) -> None:
         diff = max(float((a - b).abs().max()) for a, b in pairs)
     print(f"[vision 3/4] exported to {model_dir} as {type(model).__name__}; "
           f"AutoModel vs multissl max abs diff {diff:.1e}")
-    results = probe(model_dir, labelled, label_column="label", input_column="path", test_size=0.25, seed=0)
+    results = probe(model_dir, labelled, label_column="label", input_column="path", folds=5, seed=0)
     print("[vision 4/4] probe: which digit (10 classes), mean-pooled patches")
     print(format_table(results))
     plot(run_dir, out / "curves.png")

@@ -20,9 +20,10 @@ from multissl.core.blocks import Blocks, EncoderConfig
 from multissl.core.decoder import DecoderConfig, projection
 from multissl.core.distributed import global_mean
 from multissl.core.ema import EMA, EMAConfig, annealed_decay
-from multissl.core.health import compute_var
+from multissl.core.health import compute_var, effective_rank, position_share
+from multissl.core.init import bert_init, reference_init
 from multissl.core.losses import regression_loss
-from multissl.core.targets import TargetNorm, build_targets
+from multissl.core.targets import TargetNorm, build_targets, center_positions
 from multissl.modalities.base import PARTS, Modality
 
 
@@ -48,6 +49,11 @@ class Data2VecConfig:
     final_norm: TargetNorm = "none"
     """Parameter-free norm applied to the average."""
 
+    center_positions: bool = False
+    """Subtract from each target the batch's mean target at its position (after ``final_norm``), so
+    that what the position alone predicts is not part of the target; ``target_pos_share`` in the logs
+    is the share of the target variance the position explains before this step."""
+
     loss_beta: float = 0.0
     """0: L2 loss; > 0: smooth-L1 with this beta."""
 
@@ -59,7 +65,9 @@ class Data2VecConfig:
 
     cls_loss: float = 0.0
     """Weight of a loss between the student's final first extra token (CLS) and the mean of the
-    sample's targets (data2vec 2.0 images: 0.01); 0 disables it."""
+    sample's targets (data2vec 2.0 images: 0.01); 0 disables it. As in the reference, the term is
+    the weight times the *sum* over the device's batch (clones included) of the per-sample loss,
+    added to the mean over masked tokens of the patch loss."""
 
     mask_noise_std: float = 0.01
     """v2: std of the noise that stands in for masked tokens at the decoder input."""
@@ -94,6 +102,7 @@ class Encoder(nn.Module):
         self.context = modality.build_context(cfg)
         self.blocks = Blocks(cfg)
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps) if cfg.norm == "pre" else nn.Identity()
+        reference_init(self)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """All hidden states (the block input, then each block's output) and the padding mask
@@ -110,6 +119,12 @@ class Encoder(nn.Module):
             x, _ = block(x, pad)
             states.append(x)
         return states, pad
+
+
+def _mean_over(x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) averaged over each row's non-padding positions (True in ``pad`` is padding)."""
+    valid = (~pad).unsqueeze(-1).to(x.dtype)
+    return (x * valid).sum(1) / valid.sum(1).clamp_min(1)
 
 
 def _extend(pad: torch.Tensor, n: int) -> torch.Tensor:
@@ -159,21 +174,27 @@ class Data2Vec(nn.Module):
     ``forward(inputs, mask, student_inputs=None)`` takes the collator's batch: ``inputs`` the unmasked
     input of B samples (what the teacher sees), ``mask`` (B*M, T) True where the student is masked,
     ``student_inputs`` an optional different student input (text's <mask> tokens). It returns the
-    loss and the health metrics.
+    loss and the health metrics. ``run_steps`` is the run's length in optimiser steps (for EMA
+    schedules written against it).
     """
 
-    def __init__(self, modality: Modality, encoder: EncoderConfig, cfg: Data2VecConfig):
+    def __init__(self, modality: Modality, encoder: EncoderConfig, cfg: Data2VecConfig, run_steps: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.run_steps = run_steps
         self.encoder = Encoder(modality, encoder)
         if cfg.version == 1:
             self.head = projection(encoder.dim, encoder.dim, cfg.head_layers)
+            self.head.apply(bert_init)  # the reference initialises the whole model, head included
         else:
             self.head = modality.build_decoder(cfg.decoder, encoder.dim)
         shared, self.copied = modality.ema_split(cfg.version)
         self.teacher = nn.ModuleDict({p: copy.deepcopy(getattr(self.encoder, p)) for p in PARTS if p not in shared})
         self.teacher.requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        # the product of the decays so far: the share of each averaged teacher weight that is still
+        # its value at the start (the random init, or the imported weights)
+        self.register_buffer("teacher_init_share", torch.ones((), dtype=torch.float32))
         self._ema: EMA | None = None
 
     # --- teacher -------------------------------------------------------------------------------
@@ -193,14 +214,17 @@ class Data2Vec(nn.Module):
                 module.load_state_dict(getattr(self.encoder, name).state_dict())
         self._ema = None
 
-    def ema_step(self) -> float:
-        """One EMA update with the scheduled decay; call it after each real optimiser step."""
+    def ema_step(self, step: int | None = None) -> float:
+        """One EMA update with the decay scheduled for optimiser step ``step`` (0-based; default: the
+        count of EMA updates so far); call it after each real optimiser update."""
         if self._ema is None:
             student = nn.ModuleDict({n: getattr(self.encoder, n) for n in self.teacher})  # a view, not registered
             self._ema = EMA([(student, self.teacher)], copied=self.copied)
-        decay = annealed_decay(int(self.ema_updates), self.cfg.ema)
+        decay = annealed_decay(int(self.ema_updates) if step is None else step, self.cfg.ema, self.run_steps)
         self._ema.step(decay)
         self.ema_updates += 1
+        if decay < 1.0:
+            self.teacher_init_share *= decay
         return decay
 
     def compile_blocks(self) -> None:
@@ -223,14 +247,24 @@ class Data2Vec(nn.Module):
     ) -> torch.Tensor:
         """Teacher targets (B, T, D) in fp32 for the unmasked ``inputs``; ``local_out`` reuses the
         student's local features when the teacher shares its local encoder."""
+        return self._teacher(inputs, local_out)[0]
+
+    @torch.no_grad()
+    def _teacher(
+        self, inputs: dict[str, torch.Tensor], local_out: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(targets (B, T, D), padding mask (B, T), the teacher's output mean-pooled over each sample's
+        tokens (B, D))."""
         shared = [getattr(self.encoder, p) for p in PARTS if p not in self.teacher]
         with eval_mode(*shared):
             feats, pad = self._teacher_part("local")(inputs) if local_out is None else local_out
             x = self._teacher_part("context")(feats, pad)
             e = self.encoder.num_extra
-            _, ffn, out = self._teacher_part("blocks")(x, _extend(pad, e))
+            last, ffn, out = self._teacher_part("blocks")(x, _extend(pad, e))
+            last = self._teacher_part("norm")(last)[:, e:]
         layers = [h[:, e:] for h in (ffn if self.cfg.target == "ffn" else out)]
-        return build_targets(layers, self.cfg.top_k, self.cfg.target_norm, self.cfg.final_norm, pad)
+        y = build_targets(layers, self.cfg.top_k, self.cfg.target_norm, self.cfg.final_norm, pad)
+        return y, pad, _mean_over(last, pad)
 
     # --- student -------------------------------------------------------------------------------
 
@@ -244,7 +278,10 @@ class Data2Vec(nn.Module):
         cfg, enc = self.cfg, self.encoder
         feats, pad = enc.local(student_inputs if student_inputs is not None else inputs)
         reuse = student_inputs is None and "local" not in self.teacher
-        y = self.targets(inputs, (feats.detach(), pad) if reuse else None)
+        y, teacher_pad, teacher_pooled = self._teacher(inputs, (feats.detach(), pad) if reuse else None)
+        metrics = {"target_pos_share": position_share(y, teacher_pad), "teacher_rank": effective_rank(teacher_pooled)}
+        if self.cfg.center_positions:
+            y = center_positions(y, teacher_pad)
 
         n, b = mask.shape[0], y.shape[0]
         if feats.shape[0] != n:  # multi-mask: M clones of each sample
@@ -263,6 +300,7 @@ class Data2Vec(nn.Module):
         x, _, _ = enc.blocks(x, xpad)
         x = enc.norm(x)
         extra, x = x[:, :e], x[:, e:]
+        metrics["student_rank"] = effective_rank(_mean_over(x, xpad[:, e:]))
         if cfg.version == 1:
             pred = self.head(x[mask])
         else:
@@ -272,8 +310,8 @@ class Data2Vec(nn.Module):
         per_token = regression_loss(pred, target, cfg.loss_beta, cfg.loss_scale)
         loss = global_mean(per_token.sum(), per_token.numel())
         if cfg.cls_loss > 0 and e > 0:
-            valid = (~pad).unsqueeze(-1).to(y.dtype)
-            cls_target = (y * valid).sum(1) / valid.sum(1).clamp_min(1)
+            cls_target = _mean_over(y, pad)
             per_sample = regression_loss(extra[:, 0], cls_target, cfg.loss_beta, cfg.loss_scale)
-            loss = loss + cfg.cls_loss * global_mean(per_sample.sum(), per_sample.numel())
-        return {"loss": loss, "target_var": compute_var(target), "pred_var": compute_var(pred)}
+            # the reference's weight: a sum over the device's samples next to a mean over masked tokens
+            loss = loss + cfg.cls_loss * per_sample.sum()
+        return {"loss": loss, "target_var": compute_var(target), "pred_var": compute_var(pred), **metrics}

@@ -91,10 +91,11 @@ class Decoder1d(_ConvDecoder):
     def features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder features before ``proj``; the model projects only the masked positions."""
         x = self.dropout(x)
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        keep = None if padding_mask is None else (~padding_mask).unsqueeze(1).to(x.dtype)  # (N, 1, T)
         x = x.transpose(1, 2)
         for conv in self.convs:
+            if keep is not None:  # padding reads as zeros at every layer, as if the row were alone
+                x = x * keep
             h = F.gelu(F.layer_norm(conv(x).transpose(1, 2), (conv.out_channels,)).transpose(1, 2))
             x = x + h if self.cfg.residual and h.shape == x.shape else h
         return x.transpose(1, 2)

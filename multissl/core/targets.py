@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from multissl.core.distributed import all_sum
+
 TargetNorm = Literal["instance", "layer", "none"]
 
 
@@ -59,3 +61,19 @@ def build_targets(
         y = out if y is None else y + out
     y = y / top_k
     return normalise(y, final_norm, padding_mask)
+
+
+def center_positions(y: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Subtract from each target (B, T, D) the mean target at its position over the batch (every
+    rank's rows; padding, True in ``padding_mask``, left out and left zero): what the position alone
+    predicts is taken out, so the student is not rewarded for encoding where a token is.
+
+    >>> y = torch.randn(4, 3, 2) + torch.arange(3.0)[None, :, None]
+    >>> bool(center_positions(y).mean(0).abs().max() < 1e-6)
+    True
+    """
+    valid = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device) if padding_mask is None else ~padding_mask
+    w = valid.unsqueeze(-1).to(y.dtype)
+    sums = all_sum(torch.cat([(y * w).sum(0), w.sum(0)], -1))
+    mean = sums[:, :-1] / sums[:, -1:].clamp_min(1)
+    return (y - mean) * w

@@ -120,6 +120,11 @@ class AudioLocal(nn.Module):
         self.projection = nn.Linear(cfg.conv_dim[-1], enc.dim)
         self.mask_embedding = nn.Parameter(torch.empty(enc.dim).uniform_()) if cfg.mask_embedding else None
 
+    def reset_parameters_after_bert(self) -> None:
+        # the reference keeps PyTorch's initialisation for the feature projection (and Kaiming for
+        # the convs, which the BERT rule leaves alone)
+        self.projection.reset_parameters()
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x = inputs["input_values"][:, None]
         for layer in self.conv_layers:

@@ -68,10 +68,7 @@ class TextLocal(nn.Module):
     def __init__(self, cfg: TextConfig, dim: int):
         super().__init__()
         self.pad = cfg.pad_token_id
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, dim, padding_idx=cfg.pad_token_id)
-        nn.init.normal_(self.embed_tokens.weight, std=0.02)
-        with torch.no_grad():
-            self.embed_tokens.weight[cfg.pad_token_id].zero_()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, dim, padding_idx=cfg.pad_token_id)  # BERT init (core)
         self.mask_embedding = nn.Parameter(torch.zeros(dim).normal_(std=0.02)) if cfg.mask_with == "embedding" else None
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,9 +83,6 @@ class TextContext(nn.Module):
         super().__init__()
         self.pad = cfg.pad_token_id
         self.embed_positions = nn.Embedding(cfg.position_rows, enc.dim, padding_idx=cfg.pad_token_id)
-        nn.init.normal_(self.embed_positions.weight, std=0.02)
-        with torch.no_grad():
-            self.embed_positions.weight[cfg.pad_token_id].zero_()
         self.layer_norm = nn.LayerNorm(enc.dim, eps=enc.eps)
         self.dropout = nn.Dropout(enc.dropout)
 

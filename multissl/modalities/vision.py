@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -59,12 +59,18 @@ class VisionConfig:
     mask_embedding: bool | None = None
     """Learned vector for masked patches; None: yes for v1 (dense student), no for v2 (sparse)."""
 
+    positions: Literal["sincos", "learned"] = "sincos"
+    """sincos: fixed 2-D sine-cosine positions, not trained (data2vec 2.0 and MAE); learned: a table
+    initialised from N(0, 0.02) and trained (ViT). Both export as ViTModel's position table."""
+
     def validate(self, where: str = "vision") -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"{where}.image_size ({self.image_size}) must be a multiple of {where}.patch_size "
                              f"({self.patch_size})")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"{where}.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if self.positions not in ("sincos", "learned"):
+            raise ValueError(f"{where}.positions must be sincos or learned, got {self.positions!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -78,9 +84,8 @@ class VisionLocal(nn.Module):
     def __init__(self, cfg: VisionConfig, enc: EncoderConfig):
         super().__init__()
         self.projection = nn.Conv2d(cfg.channels, enc.dim, cfg.patch_size, stride=cfg.patch_size)
-        w = self.projection.weight
+        w = self.projection.weight  # the reference: Xavier as for a Linear on the flattened patch
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.projection.bias)
         self.mask_embedding = nn.Parameter(torch.zeros(enc.dim).normal_(std=0.02)) if cfg.mask_embedding else None
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,13 +99,38 @@ class VisionContext(nn.Module):
     def __init__(self, cfg: VisionConfig, enc: EncoderConfig):
         super().__init__()
         n = cfg.grid[0] * cfg.grid[1]
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, enc.dim).normal_(std=0.02))
-        self.position_embeddings = nn.Parameter(torch.zeros(1, n + 1, enc.dim).normal_(std=0.02))
+        # data2vec 2.0 draws its extra token from N(0, 1)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, enc.dim).normal_())
+        if cfg.positions == "sincos":
+            table = torch.cat([torch.zeros(1, enc.dim), sincos_2d(*cfg.grid, enc.dim)])[None]
+            self.position_embeddings = nn.Parameter(table, requires_grad=False)
+        else:
+            self.position_embeddings = nn.Parameter(torch.zeros(1, n + 1, enc.dim).normal_(std=0.02))
         self.dropout = nn.Dropout(enc.dropout)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, x], 1) + self.position_embeddings)
+
+
+def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D positions (height * width, dim), rows in raster order: the first half of each vector
+    encodes the row as [sin | cos] over ``dim // 4`` frequencies from 1 to 1/10000, the second half
+    the column the same way; ``dim`` must be a multiple of 4.
+
+    >>> sincos_2d(2, 3, 8).shape
+    torch.Size([6, 8])
+    """
+    if dim % 4:
+        raise ValueError(f"encoder.dim ({dim}) must be a multiple of 4 for sin-cos positions")
+    freq = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                                indexing="ij")
+    parts = []
+    for coord in (rows.flatten(), cols.flatten()):
+        angle = coord[:, None] * freq[None]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, 1).float()
 
 
 @register
@@ -184,6 +214,7 @@ class Vision(Modality):
                             ffn_dim=hf.intermediate_size, norm="pre", eps=hf.layer_norm_eps,
                             dropout=hf.hidden_dropout_prob, attention_dropout=hf.attention_probs_dropout_prob)
         self.cfg.image_size, self.cfg.patch_size, self.cfg.channels = hf.image_size, hf.patch_size, hf.num_channels
+        self.cfg.positions = "learned"  # an imported position table goes on training
         state = from_hf_names(sd, HF_NAMES, HF_BLOCK_NAMES, "layers.", enc.depth, folder)
         return enc, state
 

@@ -84,8 +84,8 @@ def test_teacher_gets_the_unmasked_input():
     mask[:, 4:9] = True
     student[mask] = 3  # <mask>
     targets = []
-    orig = model.targets
-    model.targets = lambda inputs, local_out=None: targets.append(inputs["input_ids"]) or orig(inputs, local_out)
+    orig = model._teacher
+    model._teacher = lambda inputs, local_out=None: targets.append(inputs["input_ids"]) or orig(inputs, local_out)
     model({"input_ids": ids}, mask, student_inputs={"input_ids": student})
     assert torch.equal(targets[0], ids)
 
@@ -95,15 +95,15 @@ def test_loss_uses_masked_positions_only():
     ids = batch()
     mask = torch.zeros(ids.shape, dtype=torch.bool)
     mask[:, 5] = True
-    y = model.targets({"input_ids": ids})
+    y, pad, pooled = model._teacher({"input_ids": ids})
 
     def fake_targets(inputs, local_out=None):
         t = y.clone()
         t[:, :5] = 1000.0  # garbage at unmasked positions must not matter
-        return t
+        return t, pad, pooled
 
     base = model({"input_ids": ids}, mask)["loss"]
-    model.targets = fake_targets
+    model._teacher = fake_targets
     assert torch.allclose(model({"input_ids": ids}, mask)["loss"], base)
 
 

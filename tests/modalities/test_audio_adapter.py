@@ -155,7 +155,7 @@ def test_audio_probe_pretrained_random_and_layer_weighted(tmp_path, speech_dir, 
     r = load_recipe("recipes/audio/tiny.yaml", [*TINY_AUDIO, "--data", str(speech_dir), "--output_dir",
                                                 str(tmp_path / "run"), "--max_steps", "2"])
     out = export(pretrain(r), tmp_path / "out")
-    results = probe(out, digits_labels, label_column="label", input_column="path", test_size=0.3)
+    results = probe(out, digits_labels, label_column="label", input_column="path", folds=3)
     assert [(x["model"], x["features"]) for x in results][::3] == [
         ("pretrained", "last layer"), ("random init", "last layer"), ("majority class", "-")]
     majority = accuracy(results, "majority class")

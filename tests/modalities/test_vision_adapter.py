@@ -128,7 +128,7 @@ def test_image_probe_linear_knn_and_layer_weighted(tmp_path, image_dirs):
                                                  str(tmp_path / "run"), "--max_steps", "2"])
     out = export(pretrain(r), tmp_path / "out")
     for pool in ("mean", "cls"):
-        results = probe(out, image_dirs[1], label_column="label", input_column="path", test_size=0.3, pool=pool,
+        results = probe(out, image_dirs[1], label_column="label", input_column="path", folds=3, pool=pool,
                         max_samples=300)
         majority = accuracy(results, "majority class")
         assert majority < 0.2  # ten digits
