@@ -161,3 +161,9 @@ def test_a_slow_teacher_is_named_at_the_end(tiny_args, caplog):
     with caplog.at_level("WARNING"):
         run(tiny_args, "--max_steps", "3", "--ema.decay", "0.999", "--ema.end_decay", "0.999")
     assert "of the teacher is still its initial value after 3 steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the cap speeds the same schedule up to leave 5%
+        run_dir = run(tiny_args, "--max_steps", "3", "--ema.decay", "0.999", "--ema.end_decay", "0.999",
+                      "--ema.max_init_share", "0.05", "--output_dir", str(Path(tiny_args[-1]).parent / "capped"))
+    assert "initial value" not in caplog.text
+    assert float(load_file(str(run_dir / "model.safetensors"))["teacher_init_share"]) == pytest.approx(0.05, rel=1e-5)

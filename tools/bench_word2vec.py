@@ -12,9 +12,9 @@ sample 1e-3, 5 epochs), skip-gram and CBOW, each run its own process. Two tables
   before the clock starts, for both), WordSim-353 and SimLex-999 Spearman (from gensim's test data).
 
 With ``--cuda`` it adds multissl on the GPU (warp-per-pair-slice kernels), reported against gensim in
-the same run, and ``--gensim-workers`` adds gensim rows with more threads for reference.
+the same run; ``--threads`` adds rows of both libraries at other thread counts (one seed each).
 
-    python tools/bench_word2vec.py [--epochs 5] [--workers 2] [--repeats 3] [--cuda] [--gensim-workers 16]
+    python tools/bench_word2vec.py [--epochs 5] [--workers 2] [--threads 1 16] [--seeds 3] [--repeats 3] [--cuda]
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(lib: str, sg: bool, epochs: int, workers: int) -> dict:
+def one(lib: str, sg: bool, epochs: int, workers: int, seed: int = 1) -> dict:
     import gensim
 
-    from multissl.word2vec.evaluate import evaluate_pairs
+    from multissl.word2vec.evaluate import evaluate_analogies, evaluate_pairs
     from multissl.word2vec.train import Word2VecConfig, train_word2vec
     from multissl.word2vec.vocab import build_vocab, simple_tokenize
 
@@ -48,7 +48,7 @@ def one(lib: str, sg: bool, epochs: int, workers: int) -> dict:
         from gensim.models import Word2Vec
 
         model = Word2Vec(sg=int(sg), vector_size=100, window=5, negative=5, min_count=5, sample=1e-3,
-                         workers=workers, seed=1)
+                         workers=workers, seed=seed)
         model.build_vocab(sentences)
         t = time.perf_counter()
         model.train(sentences, total_examples=len(sentences), epochs=epochs)
@@ -59,7 +59,7 @@ def one(lib: str, sg: bool, epochs: int, workers: int) -> dict:
 
         from multissl.word2vec.gpu import train_word2vec_gpu
 
-        cfg = Word2VecConfig(sg=sg, epochs=epochs)
+        cfg = Word2VecConfig(sg=sg, epochs=epochs, seed=seed)
         vocab = build_vocab(sentences, cfg.min_count)
         train_word2vec_gpu(lambda: sentences[:200], Word2VecConfig(sg=sg, epochs=1, min_count=1), progress=False)
         torch.cuda.synchronize()
@@ -68,7 +68,7 @@ def one(lib: str, sg: bool, epochs: int, workers: int) -> dict:
         seconds = time.perf_counter() - t
         vocab_words, vectors = result.vocab.words, result.vectors
     else:
-        cfg = Word2VecConfig(sg=sg, epochs=epochs, workers=workers)
+        cfg = Word2VecConfig(sg=sg, epochs=epochs, workers=workers, seed=seed)
         vocab = build_vocab(sentences, cfg.min_count)
         train_word2vec(lambda: sentences[:50], Word2VecConfig(sg=sg, epochs=1, min_count=1), progress=False)  # compile
         t = time.perf_counter()
@@ -78,8 +78,10 @@ def one(lib: str, sg: bool, epochs: int, workers: int) -> dict:
     data = os.path.join(os.path.dirname(gensim.__file__), "test", "test_data")
     ws = evaluate_pairs(vocab_words, vectors, os.path.join(data, "wordsim353.tsv"))
     sl = evaluate_pairs(vocab_words, vectors, os.path.join(data, "simlex999.txt"))
+    an = evaluate_analogies(list(vocab_words), vectors, os.path.join(data, "questions-words.txt"))
     return {"words_per_second": words / seconds, "seconds": seconds, "wordsim": ws["spearman"],
             "wordsim_pairs": ws["pairs"], "simlex": sl["spearman"], "simlex_pairs": sl["pairs"],
+            "analogies": an["accuracy"], "analogy_questions": an["questions"],
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mb": _gpu_mb()}
 
 
@@ -140,40 +142,57 @@ def _gpu_mb() -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
 
 
+def mean_sd(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="threads of the main rows and the whole commands")
+    p.add_argument("--threads", type=int, nargs="*", default=[1], help="extra rows, both libraries, these threads")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the main rows (quality as mean ± sd)")
     p.add_argument("--cuda", action="store_true", help="add multissl on the GPU")
-    p.add_argument("--gensim-workers", type=int, nargs="*", default=[], help="extra gensim rows with these threads")
     p.add_argument("--repeats", type=int, default=3, help="runs of each whole command (the median is shown)")
-    p.add_argument("--one", nargs=2, metavar=("LIB", "MODE"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=3, metavar=("LIB", "MODE", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], args.one[1] == "sg", args.epochs, args.workers)))
+        print(json.dumps(one(args.one[0], args.one[1] == "sg", args.epochs, args.workers, int(args.one[2]))))
         return
-    runs = [("gensim", args.workers), ("multissl", args.workers)] + [("gensim", w) for w in args.gensim_workers]
+    runs = [(lib, args.workers, args.seeds) for lib in ("gensim", "multissl")]
+    runs += [(lib, t, 1) for t in args.threads if t != args.workers for lib in ("gensim", "multissl")]
     if args.cuda:
-        runs.append(("multissl-cuda", 0))
+        runs.append(("multissl-cuda", 0, args.seeds))
     rows = []
     for mode in ("sg", "cbow"):
-        for lib, workers in runs:
-            out = subprocess.run([sys.executable, __file__, "--one", lib, mode, "--epochs", str(args.epochs),
-                                  "--workers", str(workers)], capture_output=True, text=True, check=True)
-            name = f"{lib} ({workers})" if workers else lib
-            rows.append((mode, name, json.loads(out.stdout.strip().splitlines()[-1])))
+        for lib, workers, seeds in runs:
+            found = []
+            for seed in range(1, seeds + 1):
+                out = subprocess.run([sys.executable, __file__, "--one", lib, mode, str(seed), "--epochs",
+                                      str(args.epochs), "--workers", str(workers)],
+                                     capture_output=True, text=True, check=True)
+                found.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append((mode, f"{lib} ({workers})" if workers else lib, workers, found))
     print(f"The training loop alone. King James Bible, {args.epochs} epochs, dim 100, window 5, negative 5, "
-          "min_count 5 (threads in brackets); x gensim: against gensim with --workers; WordSim-353 / SimLex-999 "
-          "pairs with both words in the vocabulary")
-    print(f"{'mode':<5} {'library':<16} {'words/s':>12} {'x gensim':>9} {'WordSim':>8} {'SimLex':>7} {'peak MB':>8} "
-          f"{'GPU MB':>7}")
+          "min_count 5 (threads in brackets). words/s: median over seeds; x gensim: against gensim with the same "
+          "threads (the GPU against gensim with --workers); quality: mean ± sd over the seeds; WordSim-353 / "
+          "SimLex-999 Spearman on pairs with both words in the vocabulary, analogy accuracy on questions with "
+          "all four")
+    print(f"{'mode':<5} {'library':<14} {'seeds':>5} {'words/s':>11} {'x gensim':>9} {'WordSim':>14} {'SimLex':>14} "
+          f"{'analogies':>14} {'peak MB':>8} {'GPU MB':>7}")
     ref = {}
-    for mode, lib, r in rows:
-        ref.setdefault(mode, r)
-        ratio = r["words_per_second"] / ref[mode]["words_per_second"]
-        print(f"{mode:<5} {lib:<16} {r['words_per_second']:>12,.0f} {ratio:>9.2f} "
-              f"{r['wordsim']:>8.3f} {r['simlex']:>7.3f} {r['peak_mb']:>8.0f} {r['gpu_mb']:>7.0f}")
-    print(f"pairs scored: WordSim {rows[0][2]['wordsim_pairs']}, SimLex {rows[0][2]['simlex_pairs']}")
+    for mode, lib, workers, found in rows:
+        speed = statistics.median(r["words_per_second"] for r in found)
+        if lib.startswith("gensim"):
+            ref[mode, workers] = speed
+        ratio = speed / ref.get((mode, workers), ref[mode, args.workers])
+        print(f"{mode:<5} {lib:<14} {len(found):>5} {speed:>11,.0f} {ratio:>9.2f} "
+              f"{mean_sd([r['wordsim'] for r in found]):>14} {mean_sd([r['simlex'] for r in found]):>14} "
+              f"{mean_sd([r['analogies'] for r in found]):>14} {max(r['peak_mb'] for r in found):>8.0f} "
+              f"{max(r['gpu_mb'] for r in found):>7.0f}")
+    first = rows[0][3][0]
+    print(f"scored: WordSim {first['wordsim_pairs']} pairs, SimLex {first['simlex_pairs']} pairs, "
+          f"{first['analogy_questions']} analogy questions")
     whole_commands(args.epochs, args.workers, args.repeats)
 
 

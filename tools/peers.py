@@ -1,5 +1,5 @@
 """transformers' own pretraining classes as peers, built from configs at a multissl recipe's shape and
-trained on the same examples for a given wall-clock: ``RobertaForMaskedLM`` (text, BERT masking),
+trained on the same examples for a given CPU time: ``RobertaForMaskedLM`` (text, BERT masking),
 ``Wav2Vec2ForPreTraining`` (speech: quantiser, contrastive loss with sampled negatives, diversity
 loss, Gumbel temperature decay) and ``ViTMAEForPreTraining`` (vision, MAE's own initialisation
 restored). Each returns an HF encoder folder that ``multissl probe`` reads."""
@@ -17,25 +17,29 @@ from transformers import TrainerCallback
 from tools.bench_vision import mae_config, mae_init
 
 
-class WallClock(TrainerCallback):
-    """Stops training once ``budget`` seconds of training have passed; ``steps`` and ``seconds`` say
-    how far it got."""
+class TrainingClock(TrainerCallback):
+    """Stops training once ``budget`` CPU seconds of this process (all its threads) have gone into
+    training; ``steps``, ``seconds`` (CPU) and ``wall_seconds`` say how far it got. CPU time, not the
+    wall clock, so that another job on the machine does not hand one side of a comparison more
+    compute than the other (data loading runs in the process: no loader workers on either side)."""
 
     def __init__(self, budget: float = float("inf")):
-        self.budget, self.start, self.steps, self.seconds = budget, 0.0, 0, 0.0
+        self.budget, self.start, self.wall_start = budget, 0.0, 0.0
+        self.steps, self.seconds, self.wall_seconds = 0, 0.0, 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
+        self.start, self.wall_start = time.process_time(), time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.steps, self.seconds = state.global_step, time.perf_counter() - self.start
+        self.steps, self.seconds = state.global_step, time.process_time() - self.start
+        self.wall_seconds = time.perf_counter() - self.wall_start
         if self.seconds >= self.budget:
             control.should_training_stop = True
 
 
 def peer_arguments(train, output_dir: Path, seed: int, **extra):
     """TrainingArguments for a peer with the recipe's optimiser, batch and a constant learning rate
-    after warm-up (the wall clock, not max_steps, ends the run)."""
+    after warm-up (the CPU-time budget, not max_steps, ends the run)."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -46,17 +50,17 @@ def peer_arguments(train, output_dir: Path, seed: int, **extra):
         dataloader_drop_last=True, dataloader_pin_memory=False, use_cpu=not torch.cuda.is_available(), **extra)
 
 
-def _train(model, dataset, collator, recipe, out: Path, seed: int, budget: float, callbacks=()) -> WallClock:
+def _train(model, dataset, collator, recipe, out: Path, seed: int, budget: float, callbacks=()) -> TrainingClock:
     from transformers import Trainer
 
-    clock = WallClock(budget)
+    clock = TrainingClock(budget)
     Trainer(model=model, train_dataset=dataset, data_collator=collator,
             args=peer_arguments(recipe.train, out / "trainer", seed, remove_unused_columns=False),
             callbacks=[clock, *callbacks]).train()
     return clock
 
 
-def roberta_mlm(recipe, dataset, tokenizer, out: Path, seed: int, budget: float) -> tuple[Path, WallClock]:
+def roberta_mlm(recipe, dataset, tokenizer, out: Path, seed: int, budget: float) -> tuple[Path, TrainingClock]:
     from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
 
     enc = recipe.encoder
@@ -109,7 +113,7 @@ class Wav2Vec2PretrainingCollator:
                 "mask_time_indices": torch.from_numpy(mask), "sampled_negative_indices": torch.from_numpy(neg)}
 
 
-def wav2vec2(recipe, dataset, extractor, out: Path, seed: int, budget: float) -> tuple[Path, WallClock]:
+def wav2vec2(recipe, dataset, extractor, out: Path, seed: int, budget: float) -> tuple[Path, TrainingClock]:
     """At a small batch the paper's diversity weight (0.1) collapses the codebook; 0.3 stays stable."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
@@ -129,7 +133,7 @@ def wav2vec2(recipe, dataset, extractor, out: Path, seed: int, budget: float) ->
     return out / "export", clock
 
 
-def mae(recipe, dataset, processor, out: Path, seed: int, budget: float) -> tuple[Path, WallClock]:
+def mae(recipe, dataset, processor, out: Path, seed: int, budget: float) -> tuple[Path, TrainingClock]:
     from transformers import ViTMAEForPreTraining
 
     a = recipe.adapter

@@ -1,7 +1,7 @@
 """Does pretraining pay off? Every tiny recipe x seeds: pretrain at its default length on real data the
 project does not ship, export, probe on held-out labelled data (5-fold, against the same architecture
 at random init on the same folds), and beside each data2vec 2.0 run transformers' peer at the same
-shape trained for the same wall-clock on the same examples (RobertaForMaskedLM, Wav2Vec2ForPreTraining,
+shape trained for the same CPU time on the same examples (RobertaForMaskedLM, Wav2Vec2ForPreTraining,
 ViTMAEForPreTraining). Prints mean ± sd over seeds per row; every run's figures go to results.jsonl
 as they come (a rerun with the same --out skips what is done).
 
@@ -83,11 +83,12 @@ def run_recipe(name: str, seed: int, data: dict[str, Any], out: Path, extra: lis
     if "tokenizer" in data:
         args += ["--tokenizer", str(data["tokenizer"])]
     recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", args)
-    clock = peers.WallClock()
+    clock = peers.TrainingClock()
     run_dir = pretrain(recipe, overwrite=True, callbacks=[clock])
     model_dir = export(run_dir, out / "export", overwrite=True)
     logged = last_log(run_dir)
     row = {"method": f"multissl {name}", "seed": seed, "steps": clock.steps, "seconds": round(clock.seconds, 1),
+           "wall_seconds": round(clock.wall_seconds, 1),
            **{k: logged.get(k) for k in ("teacher_init_share", "target_pos_share", "student_rank", "teacher_rank")},
            **probe_row(model_dir, recipe.modality, data, seed)}
     return row, recipe
@@ -100,6 +101,7 @@ def run_peer(recipe, seed: int, budget: float, data: dict[str, Any], out: Path) 
     _, _, dataset, _, preprocessor = build_model(recipe)
     model_dir, clock = train(recipe, dataset, preprocessor, out, seed, budget)
     return {"method": name, "seed": seed, "steps": clock.steps, "seconds": round(clock.seconds, 1),
+           "wall_seconds": round(clock.wall_seconds, 1),
             **probe_row(model_dir, recipe.modality, data, seed)}
 
 
