@@ -128,9 +128,12 @@ def whole_commands(epochs: int, workers: int, repeats: int) -> None:
         cache = {"NUMBA_CACHE_DIR": str(work / f"numba-{mode}")}
         ours = [*multissl, f"--{mode}", "--out", str(work / f"ours-{mode}")]
         first, _ = timed(ours, cache)
-        warm = [timed(ours, cache) for _ in range(repeats)]
-        theirs = [timed([sys.executable, "-c", GENSIM_COMMAND, str(corpus), str(work / f"gensim-{mode}.bin"),
-                         str(int(mode == "sg")), str(epochs), str(workers)]) for _ in range(repeats)]
+        gensim = [sys.executable, "-c", GENSIM_COMMAND, str(corpus), str(work / f"gensim-{mode}.bin"),
+                  str(int(mode == "sg")), str(epochs), str(workers)]
+        warm, theirs = [], []
+        for _ in range(repeats):  # interleaved, so that the host's load drifts over both alike
+            warm.append(timed(ours, cache))
+            theirs.append(timed(gensim))
         ours_s, theirs_s = statistics.median(w[0] for w in warm), statistics.median(t[0] for t in theirs)
         print(f"{mode:<5} {theirs_s:>9.2f} {ours_s:>11.2f} {theirs_s / ours_s:>9.2f} {first:>12.2f} "
               f"{max(t[1] for t in theirs):>10.0f} {max(w[1] for w in warm):>12.0f}")
