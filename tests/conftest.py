@@ -105,3 +105,13 @@ TINY_VISION = [
     "--health.min_target_var", "0", "--health.min_pred_var", "0",
     "--ema.max_init_share", "0",  # tests check exact decays; the cap would speed up runs this short
 ]
+
+
+def first_pass(stream) -> list[dict]:
+    """The examples of a stream's first pass (an example's seed carries its pass number)."""
+    out = []
+    for example in stream:
+        if example["seed"][1] > 0:
+            return out
+        out.append(example)
+    return out

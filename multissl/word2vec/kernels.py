@@ -132,6 +132,19 @@ def _pair(l1, work, syn1, word, label, alpha, sig, softplus):  # pragma: no cove
     return loss
 
 
+@njit(fastmath=True, inline="always")
+def _example(state, l1, work, syn1, centre, accept, alias, alpha, negative, sig, softplus):  # pragma: no cover
+    """The positive step toward ``centre`` and ``negative`` noise steps for input ``l1``, the input's
+    gradient summed into ``work`` (zeroed here). Returns the generator's state and the loss."""
+    work[:] = 0.0
+    loss = _pair(l1, work, syn1, centre, np.float32(1.0), alpha, sig, softplus)
+    for _ in range(negative):
+        state, word = _noise_word(state, accept, alias)
+        if word != centre:
+            loss += _pair(l1, work, syn1, word, np.float32(0.0), alpha, sig, softplus)
+    return state, loss
+
+
 @njit(nogil=True, fastmath=True, cache=True)
 def train_sentences(tokens, offsets, s_lo, s_hi, key, first, syn0, syn1, accept, alias, keep, sig, softplus,
                     alpha0, alpha1, window, negative, sg):  # pragma: no cover (compiled)
@@ -142,7 +155,6 @@ def train_sentences(tokens, offsets, s_lo, s_hi, key, first, syn0, syn1, accept,
     always kept); ``accept``, ``alias``: the noise distribution (:func:`alias_table`). Returns the
     loss and the number of updates (pairs in skip-gram, centre words in CBOW)."""
     dim = syn0.shape[1]
-    one, zero = np.float32(1.0), np.float32(0.0)
     n_tokens = max(tokens.shape[0], 1)
     longest = 0
     for s in range(s_lo, s_hi):
@@ -173,12 +185,9 @@ def train_sentences(tokens, offsets, s_lo, s_hi, key, first, syn0, syn1, accept,
                     if j == pos:
                         continue
                     l1 = syn0[buf[j]]
-                    work[:] = 0.0
-                    loss += _pair(l1, work, syn1, centre, one, alpha, sig, softplus)
-                    for _ in range(negative):
-                        state, word = _noise_word(state, accept, alias)
-                        if word != centre:
-                            loss += _pair(l1, work, syn1, word, zero, alpha, sig, softplus)
+                    state, step_loss = _example(state, l1, work, syn1, centre, accept, alias, alpha, negative,
+                                                sig, softplus)
+                    loss += step_loss
                     for k in range(dim):
                         l1[k] += work[k]
                     count += 1
@@ -194,12 +203,9 @@ def train_sentences(tokens, offsets, s_lo, s_hi, key, first, syn0, syn1, accept,
                 inv = np.float32(1.0 / (hi - lo - 1))
                 for k in range(dim):
                     neu1[k] *= inv
-                work[:] = 0.0
-                loss += _pair(neu1, work, syn1, centre, one, alpha, sig, softplus)
-                for _ in range(negative):
-                    state, word = _noise_word(state, accept, alias)
-                    if word != centre:
-                        loss += _pair(neu1, work, syn1, word, zero, alpha, sig, softplus)
+                state, step_loss = _example(state, neu1, work, syn1, centre, accept, alias, alpha, negative,
+                                            sig, softplus)
+                loss += step_loss
                 for j in range(lo, hi):
                     if j != pos:
                         row = syn0[buf[j]]

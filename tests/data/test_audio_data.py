@@ -21,6 +21,7 @@ from multissl.data.audio import (
     scan_report,
 )
 from multissl.modalities.audio import AudioConfig
+from tests.conftest import first_pass
 
 CFG = AudioConfig(max_samples=16000)
 
@@ -215,26 +216,16 @@ def test_span_masks_for_v1(speech_dir):
     assert 0.3 < ratio < 0.7  # wav2vec2 span masking covers about half of the frames
 
 
-def _one_pass(stream) -> list[dict]:
-    """The examples of the stream's first pass (seeds carry the pass number)."""
-    out = []
-    for example in stream:
-        if example["seed"][1] > 0:
-            return out
-        out.append(example)
-    return out
-
-
 def test_streamed_folder_skips_and_names_bad_files_as_they_come(tmp_path, speech_dir, caplog):
     d = _bad_folder(tmp_path, speech_dir)
     with caplog.at_level(logging.WARNING):
-        examples = _one_pass(build_audio_dataset(DataConfig(path=str(d), streaming=True), CFG, seed=0))
+        examples = first_pass(build_audio_dataset(DataConfig(path=str(d), streaming=True), CFG, seed=0))
     assert len(examples) == 3  # good1, good2, silence: nothing lost, nothing scanned up front
     assert all(np.isfinite(e["input_values"]).all() and len(e["input_values"]) <= 16000 for e in examples)
     for name in ("empty.wav", "header_only.wav", "text.mp3", "noise.ogg", "tiny.wav"):
         assert f"skipped {d / name}" in caplog.text
     with pytest.raises(BadAudioError, match="data.strict"):
-        _one_pass(build_audio_dataset(DataConfig(path=str(d), streaming=True, strict=True), CFG, seed=0))
+        first_pass(build_audio_dataset(DataConfig(path=str(d), streaming=True, strict=True), CFG, seed=0))
 
 
 def test_streamed_datasets_folder_matches_the_files(tmp_path, speech_dir):
@@ -244,8 +235,8 @@ def test_streamed_datasets_folder_matches_the_files(tmp_path, speech_dir):
     ds = datasets.Dataset.from_dict({"audio": [str(f) for f in files]}).cast_column("audio", datasets.Audio())
     ds.save_to_disk(str(tmp_path / "saved"))
     cfg = DataConfig(path=str(tmp_path / "saved"), streaming=True, shuffle_buffer=0)
-    streamed = _one_pass(build_audio_dataset(cfg, CFG, seed=0))
-    direct = _one_pass(build_audio_dataset(DataConfig(path=",".join(map(str, files)), streaming=True,
+    streamed = first_pass(build_audio_dataset(cfg, CFG, seed=0))
+    direct = first_pass(build_audio_dataset(DataConfig(path=",".join(map(str, files)), streaming=True,
                                                       shuffle_buffer=0), CFG, seed=0))
     assert len(streamed) == len(direct) == 5
     for a, b in zip(streamed, direct, strict=True):

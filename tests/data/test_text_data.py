@@ -9,6 +9,7 @@ from multissl.config import DataConfig, RecipeError
 from multissl.core.masking import MaskConfig
 from multissl.data.text import TextCollator, build_text_dataset, load_corpus, resolve_files
 from multissl.modalities.text import TextConfig, load_tokenizer
+from tests.conftest import first_pass
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +113,6 @@ def test_v1_bert_collator(tok, kjv_file):
     assert abs(changed.float().mean().item() - 0.15 * 0.1) < 0.01
     specials = np.array([tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id])
     assert not np.isin(student[changed].numpy(), specials).any()
-
-
-def first_pass(stream) -> list[dict]:
-    """The examples of a stream's first pass."""
-    out = []
-    for example in stream:
-        if example["seed"][1] > 0:
-            return out
-        out.append(example)
-    return out
 
 
 def test_streamed_text_names_and_counts_bad_input_per_file(tmp_path, kjv_rows, tok, caplog):
