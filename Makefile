@@ -27,6 +27,7 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check multissl tests tools
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests
 
 bench: setup

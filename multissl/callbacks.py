@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from multissl.config import Recipe
 from multissl.core.distributed import all_sum
 from multissl.core.health import check_health
+from multissl.recipe import Recipe
 from multissl.trainer import PREEMPTION_SIGNALS
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,21 @@ class HealthCallback(TrainerCallback):
         self.message = msg
         control.should_save = True
         control.should_training_stop = True
+
+
+class SnapshotCallback(TrainerCallback):
+    """At each checkpoint, lets the objective write what shows its progress (``Method.snapshot``, e.g.
+    MAE's reconstruction grid) into the run folder, from the same few training samples each time."""
+
+    def __init__(self, batch: dict):
+        self.batch = batch
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            was_training = model.training
+            with torch.no_grad():
+                model.eval().snapshot(self.batch, Path(args.output_dir), state.global_step)
+            model.train(was_training)
 
 
 class MetricsFileCallback(TrainerCallback):

@@ -13,7 +13,7 @@ STOP_ERRORS = {"multissl.train": ("CollapseError", "NonFiniteError", "Preempted"
 
 
 def _pretrain(args: argparse.Namespace, rest: list[str]) -> None:
-    from multissl.config import load_recipe
+    from multissl.recipe import load_recipe
     from multissl.train import pretrain
 
     recipe = load_recipe(args.recipe, rest)
@@ -45,8 +45,8 @@ def _probe(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _audio_scan(args: argparse.Namespace, rest: list[str]) -> None:
-    from multissl.data.audio import find_audio, scan, scan_report
-    from multissl.modalities.audio import AudioConfig
+    from multissl.modalities.audio.data import find_audio, scan, scan_report
+    from multissl.modalities.audio.model import AudioConfig
 
     cfg = AudioConfig(sample_rate=args.sample_rate, min_samples=args.min_samples)
     good, bad = scan(find_audio(",".join(args.paths), args.audio_column), cfg)

@@ -56,12 +56,11 @@ def read_labelled(data: str | Path, input_column: str, label_column: str, max_sa
     sub-folder name is the label). Relative paths in a table are resolved against its folder."""
     import pandas as pd
 
-    from multissl.data.audio import AUDIO_EXTENSIONS
-    from multissl.data.vision import IMAGE_EXTENSIONS
+    from multissl.modalities import MODALITIES
 
     p = Path(data)
     if p.is_dir():
-        exts = AUDIO_EXTENSIONS + IMAGE_EXTENSIONS
+        exts = tuple(e for adapter in MODALITIES.values() for e in adapter.input_extensions)
         rows = [(str(f), f.parent.name) for f in sorted(p.glob("*/*")) if f.suffix.lower() in exts]
         if not rows:
             raise FileNotFoundError(f"--data: {p}: no class sub-folders with audio or image files")

@@ -1,7 +1,9 @@
-"""The layout version of what multissl writes: run folders (``run.json``) and exports (the ``multissl``
+"""The run folder, read by training (to resume) and by export (to load what was trained), and the
+layout version of what multissl writes: run folders (``run.json``) and exports (the ``multissl``
 entry of ``config.json``). A folder of an older layout is read (migrated), one of a newer layout is
 refused with a message that says so. Version 0 is what multissl wrote before it recorded versions;
-version 1 has the same files plus the record."""
+version 1 has the same files plus the record; version 2 names the objective (``method.name``; a
+recipe without it is data2vec)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
+from multissl.checkpoints import latest_good
+from multissl.core.adapter import Modality
+from multissl.methods import get_method
+from multissl.modalities import get_modality
+from multissl.recipe import Recipe, from_dict
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RUN_FILE = "run.json"
+RECIPE_FILE = "recipe.yaml"
+PREPROCESSOR_DIR = "preprocessor"
 EXPORT_KEY = "multissl"
 
 
@@ -57,7 +70,8 @@ def run_version(run_dir: str | Path) -> int:
 
 
 def migrate_run(run_dir: str | Path) -> None:
-    """Bring a run folder of an older layout to this one before it is written to (0 -> 1: the record)."""
+    """Bring a run folder of an older layout to this one before it is written to (0 -> 1: the record;
+    1 -> 2: nothing to rewrite, since a recipe without ``method.name`` reads as data2vec)."""
     version = run_version(run_dir)
     if version < SCHEMA_VERSION:
         log.info("%s: run folder of schema_version %d, migrated to %d", run_dir, version, SCHEMA_VERSION)
@@ -81,3 +95,34 @@ def check_export(model_dir: str | Path) -> int | None:
     if not isinstance(info, dict) or "schema_version" not in info:
         raise SchemaError(f"{path}: {EXPORT_KEY!r} entry without a schema_version")
     return check_version(info["schema_version"], str(model_dir))
+
+
+def load_run(run_dir: str | Path, which: str = "student") -> tuple[Recipe, Modality, torch.nn.Module]:
+    """(recipe, adapter, encoder) from a run folder: final weights, or the newest checkpoint."""
+    if which not in ("student", "teacher"):
+        raise ValueError(f"--which must be student or teacher, got {which!r}")
+    recipe, modality, model = load_run_model(run_dir)
+    encoder = model.encoder if which == "student" else model.teacher_encoder()
+    return recipe, modality, encoder.eval()
+
+
+def load_run_model(run_dir: str | Path) -> tuple[Recipe, Modality, Any]:
+    """(recipe, adapter, the whole model: encoder, heads, teacher) from a run folder."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    recipe_path = run_dir / RECIPE_FILE
+    if not recipe_path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a multissl run folder (no {RECIPE_FILE})")
+    run_version(run_dir)  # older layouts read as they are (see the module docstring); newer ones fail
+    recipe = from_dict(Recipe, yaml.safe_load(recipe_path.read_text()))
+    weights = run_dir / "model.safetensors"
+    if not weights.exists():
+        last = latest_good(run_dir, set_aside=False)
+        if last is None:
+            raise FileNotFoundError(f"{run_dir}: no model.safetensors and no checkpoint-* folder")
+        weights = Path(last) / "model.safetensors"
+    modality = get_modality(recipe.modality)(recipe.adapter_config())
+    model = get_method(recipe.method.name).build(modality, recipe.encoder, recipe.method, recipe.train.max_steps)
+    model.load_state_dict(load_file(str(weights)))
+    return recipe, modality, model.eval()

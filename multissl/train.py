@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +15,35 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from multissl.callbacks import EMACallback, HealthCallback, MetricsFileCallback, NonFiniteGuard, PreemptionGuard
+from multissl.callbacks import (
+    EMACallback,
+    HealthCallback,
+    MetricsFileCallback,
+    NonFiniteGuard,
+    PreemptionGuard,
+    SnapshotCallback,
+)
 from multissl.checkpoints import checkpoints, latest_good
-from multissl.config import Recipe, RecipeError, from_dict
-from multissl.core.data2vec import Data2Vec
+from multissl.core.adapter import Modality
 from multissl.data.streams import PositionCollator, SeededStream, StreamRecord
+from multissl.methods import Method, get_method
 from multissl.modalities import get_modality
-from multissl.modalities.base import Modality
-from multissl.runs import check_export, migrate_run, run_version, write_run_info
-from multissl.trainer import RECIPE_FILE, STREAM_FILE, Data2VecTrainer
+from multissl.recipe import Recipe, RecipeError
+from multissl.runs import (
+    PREPROCESSOR_DIR,
+    RECIPE_FILE,
+    check_export,
+    load_run,
+    migrate_run,
+    run_version,
+    write_run_info,
+)
+from multissl.trainer import STREAM_FILE, PretrainTrainer
+
+__all__ = ["PREPROCESSOR_DIR", "build_model", "load_run", "pretrain"]
 
 log = logging.getLogger(__name__)
 
-PREPROCESSOR_DIR = "preprocessor"
 # Sections that change the model: a checkpoint made under other values cannot be resumed.
 MODEL_SECTIONS = ("modality", "encoder", "adapter", "method")
 # ... nor under other data, batches or data order: the checkpoint's data position (batches of the
@@ -51,13 +67,15 @@ class Preempted(RuntimeError):
     """Training stopped on a signal after saving a checkpoint; ``--resume`` continues it."""
 
 
-def build_model(recipe: Recipe) -> tuple[Modality, Data2Vec, Any, Any, Any]:
-    """(adapter, model, train dataset, collator, preprocessor) for a validated recipe.
+def build_model(recipe: Recipe) -> tuple[Modality, Method, Any, Any, Any, Recipe]:
+    """(adapter, model, train dataset, collator, preprocessor, completed recipe) for a validated recipe.
 
     The adapter's config is completed from the data (e.g. token ids from the tokenizer) and from
-    ``init_from``; the completed values are what the run's recipe.yaml records.
+    ``init_from``; the completed recipe, a new one (``recipe`` is left as it is), is what the run's
+    recipe.yaml records.
     """
     modality = get_modality(recipe.modality)(recipe.adapter_config())
+    method = get_method(recipe.method.name)
     state = None
     enc = recipe.encoder
     if recipe.init_from:
@@ -65,12 +83,13 @@ def build_model(recipe: Recipe) -> tuple[Modality, Data2Vec, Any, Any, Any]:
             raise RecipeError(f"init_from: {recipe.init_from}: no such model folder")
         check_export(recipe.init_from)
         enc, state = modality.from_hf(recipe.init_from)
-        recipe.encoder = enc
-    dataset, collator, preprocessor = modality.prepare(recipe)
-    recipe.adapter = asdict(modality.cfg)
-    recipe.validate()
-    torch.manual_seed(recipe.train.seed)
-    model = Data2Vec(modality, enc, recipe.method, run_steps=recipe.train.max_steps)
+    t = recipe.train
+    view = method.student_view(recipe.method)
+    dataset, collator, preprocessor = modality.prepare(recipe.data, recipe.mask, t.seed, view)
+    completed = replace(recipe, encoder=enc, adapter=asdict(modality.cfg))
+    completed.validate()
+    torch.manual_seed(t.seed)
+    model = method.build(modality, enc, recipe.method, run_steps=t.max_steps)
     if state is not None:
         missing, unexpected = model.encoder.load_state_dict(state, strict=False)
         # a mask embedding is per method (v1 has one, v2 none), not part of the imported encoder
@@ -80,7 +99,7 @@ def build_model(recipe: Recipe) -> tuple[Modality, Data2Vec, Any, Any, Any]:
             raise RecipeError(f"init_from: {recipe.init_from}: weights do not fit (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
         model.reset_teacher()
-    return modality, model, dataset, collator, preprocessor
+    return modality, model, dataset, collator, preprocessor, completed
 
 
 def training_arguments(recipe: Recipe, output_dir: str) -> TrainingArguments:
@@ -115,7 +134,7 @@ def training_arguments(recipe: Recipe, output_dir: str) -> TrainingArguments:
     )
 
 
-def _resume_stream(trainer: Data2VecTrainer, stream: SeededStream, start: Path | None) -> None:
+def _resume_stream(trainer: PretrainTrainer, stream: SeededStream, start: Path | None) -> None:
     """Track the stream's position; when resuming, continue from the checkpoint's position without
     decoding what came before (else the Trainer replays the stream)."""
     args = trainer.args
@@ -193,7 +212,7 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
                           f"shards only there); this job has {args.world_size} process(es) on "
                           f"{'CUDA' if torch.cuda.is_available() else 'the CPU'}. Leave train.fsdp empty for DDP.")
     main = args.should_save
-    modality, model, dataset, collator, preprocessor = build_model(recipe)
+    modality, model, dataset, collator, preprocessor, recipe = build_model(recipe)
     start = None
     # every rank, on every node, waits for the main rank to set the run folder up (the default,
     # local=True, makes only the ranks of the main rank's own node wait)
@@ -218,11 +237,14 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
     streamed = isinstance(dataset, SeededStream)
     if streamed:
         collator = PositionCollator(collator)
-    trainer = Data2VecTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    trainer = PretrainTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     if streamed:
         _resume_stream(trainer, dataset, start)
     guards = [NonFiniteGuard(trainer, recipe.train.max_nonfinite), HealthCallback(recipe), PreemptionGuard()]
-    for cb in [*guards, EMACallback(trainer), MetricsFileCallback(), *(callbacks or [])]:
+    extra = [EMACallback(trainer)] if model.teacher is not None else []
+    if type(model).snapshot is not Method.snapshot and not streamed:  # the objective draws its progress
+        extra.append(SnapshotCallback(collator([dataset[i] for i in range(min(8, len(dataset)))])))
+    for cb in [*guards, *extra, MetricsFileCallback(), *(callbacks or [])]:
         trainer.add_callback(cb)
     trainer.train(resume_from_checkpoint=str(start) if start else None)
     nonfinite, health, preemption = guards
@@ -237,28 +259,3 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
         raise CollapseError(f"{health.message}; checkpoint saved in {run_dir}. Lower train.lr, raise "
                             "method.ema.decay, or set health.action=warn to continue anyway.")
     return run_dir
-
-
-def load_run(run_dir: str | Path, which: str = "student") -> tuple[Recipe, Modality, torch.nn.Module]:
-    """(recipe, adapter, encoder) from a run folder: final weights, or the newest checkpoint."""
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    recipe_path = run_dir / RECIPE_FILE
-    if not recipe_path.exists():
-        raise FileNotFoundError(f"{run_dir}: not a multissl run folder (no {RECIPE_FILE})")
-    run_version(run_dir)  # older layouts read as they are (0 -> 1 added only the record); newer ones fail
-    recipe = from_dict(Recipe, yaml.safe_load(recipe_path.read_text()))
-    weights = run_dir / "model.safetensors"
-    if not weights.exists():
-        last = latest_good(run_dir, set_aside=False)
-        if last is None:
-            raise FileNotFoundError(f"{run_dir}: no model.safetensors and no checkpoint-* folder")
-        weights = Path(last) / "model.safetensors"
-    modality = get_modality(recipe.modality)(recipe.adapter_config())
-    model = Data2Vec(modality, recipe.encoder, recipe.method, run_steps=recipe.train.max_steps)
-    model.load_state_dict(load_file(str(weights)))
-    if which not in ("student", "teacher"):
-        raise ValueError(f"--which must be student or teacher, got {which!r}")
-    encoder = model.encoder if which == "student" else model.teacher_encoder()
-    return recipe, modality, encoder.eval()

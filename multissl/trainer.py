@@ -21,10 +21,10 @@ from transformers import Trainer
 from multissl.checkpoints import SAVE_ERRORS, publish, rotate, save_failed, seal
 from multissl.core.distributed import all_sum
 from multissl.data.streams import StreamRecord
+from multissl.runs import RECIPE_FILE
 
 log = logging.getLogger(__name__)
 
-RECIPE_FILE = "recipe.yaml"
 STREAM_FILE = "stream_rank{}.json"
 
 
@@ -45,8 +45,8 @@ def _barrier() -> None:
         dist.barrier()
 
 
-class Data2VecTrainer(Trainer):
-    """Trainer for :class:`~multissl.core.data2vec.Data2Vec`: logs its health metrics, skips
+class PretrainTrainer(Trainer):
+    """Trainer for a :class:`~multissl.methods.Method`: logs its health metrics, skips
     non-finite updates and writes checkpoints atomically.
 
     ``skipped_updates`` counts skipped updates; ``nonfinite_streak`` the current run of them;
@@ -123,8 +123,9 @@ class Data2VecTrainer(Trainer):
         if "loss" in logs:
             if self._count:
                 logs.update({k: round(v / self._count, 5) for k, v in self._sums.items()})
-            logs["ema_decay"] = self.ema_decay
-            logs["teacher_init_share"] = round(self.teacher_init_share, 5)
+            if getattr(self.model, "teacher", None) is not None:  # objectives without a teacher log neither
+                logs["ema_decay"] = self.ema_decay
+                logs["teacher_init_share"] = round(self.teacher_init_share, 5)
             logs["skipped_updates"] = self.skipped_updates
             self._sums, self._count = {}, 0
         super().log(logs, start_time)

@@ -10,8 +10,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from multissl.config import load_recipe
 from multissl.core.blocks import Block
+from multissl.recipe import load_recipe
 from multissl.train import build_model
 
 if __name__ == "__main__":
@@ -25,7 +25,7 @@ if __name__ == "__main__":
 
         dist.init_process_group("gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-    _, model, dataset, collate, _ = build_model(load_recipe(recipe, overrides))
+    _, model, dataset, collate, *_ = build_model(load_recipe(recipe, overrides))
     if sharded:
         mesh = init_device_mesh("cpu", (world,))
         for module in model.modules():

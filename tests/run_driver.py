@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from multissl.config import load_recipe
-from multissl.core.data2vec import Data2Vec
+from multissl.methods.data2vec import Data2Vec
+from multissl.recipe import load_recipe
 from multissl.train import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

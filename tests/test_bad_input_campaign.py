@@ -14,8 +14,8 @@ import soundfile as sf
 from PIL import Image
 from safetensors.torch import load_file
 
-from multissl.config import load_recipe
-from multissl.data.audio import read_audio
+from multissl.modalities.audio.data import read_audio
+from multissl.recipe import load_recipe
 from multissl.train import pretrain
 from tests.conftest import TINY_AUDIO, TINY_VISION
 from tests.data.test_vision_data import bad_image_folder
@@ -119,8 +119,8 @@ def test_text_folder_of_malformed_files(streaming, tmp_path, kjv_rows, tiny_args
 
 
 def test_files_of_unrecognised_kinds_in_media_folders_are_named_and_counted(tmp_path, speech_dir, image_dirs, caplog):
-    from multissl.data.audio import find_audio
-    from multissl.data.vision import find_images
+    from multissl.modalities.audio.data import find_audio
+    from multissl.modalities.vision.data import find_images
 
     speech, images = tmp_path / "speech", tmp_path / "images"
     for d, src in ((speech, sorted(speech_dir.glob("*.wav"))[:2]), (images, sorted(image_dirs[0].glob("*.png"))[:2])):

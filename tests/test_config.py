@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from multissl.config import RecipeError, load_recipe
+from multissl.recipe import RecipeError, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 

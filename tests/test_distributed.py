@@ -146,7 +146,7 @@ def test_fsdp2_shards_the_teacher_like_the_student_and_matches_one_process(tiny_
 
 
 def test_fsdp_outside_a_multi_gpu_job_is_a_one_line_error(tiny_args):
-    from multissl.config import RecipeError, load_recipe
+    from multissl.recipe import RecipeError, load_recipe
     from multissl.train import pretrain
 
     with pytest.raises(RecipeError, match=r"train.fsdp='full_shard' needs a torchrun job on several CUDA GPUs"):
@@ -220,7 +220,7 @@ def test_each_epoch_draws_new_masks_and_crops_on_two_ranks_as_on_one(modality, t
         for f in sorted(image_dirs[0].glob("*.png"))[:12]:
             (data / f.name).write_bytes(f.read_bytes())
     args = [*extra, "--data", str(data), "--max_steps", "6", "--save_steps", "100", "--report_to", "none"]
-    from multissl.config import load_recipe
+    from multissl.recipe import load_recipe
     from multissl.train import build_model
 
     blocks = len(build_model(load_recipe(recipe, [*args, "--output_dir", str(tmp_path / "x")]))[2])
@@ -253,7 +253,7 @@ def test_ranks_on_other_nodes_wait_for_the_main_rank_to_set_the_run_folder_up(ti
     """Two "nodes" of one process each (two torchrun launchers, both ranks local rank 0) resume a run:
     rank 1 must not look for the checkpoint before rank 0 (slowed by 3 s) has finished with the run
     folder, as with a node-local barrier it would."""
-    from multissl.config import load_recipe
+    from multissl.recipe import load_recipe
     from multissl.train import pretrain
 
     args = [*tiny_args, "--max_steps", "3", "--save_steps", "3", "--output_dir", str(tmp_path / "run")]
@@ -279,7 +279,7 @@ def _decide_on_rank(rank: int, store: str, out: str) -> None:
 
     import torch.distributed as dist
 
-    from multissl.trainer import Data2VecTrainer
+    from multissl.trainer import PretrainTrainer
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     model = torch.nn.Linear(4, 2)
@@ -292,7 +292,7 @@ def _decide_on_rank(rank: int, store: str, out: str) -> None:
                               accelerator=SimpleNamespace(scaler=None), state=SimpleNamespace(global_step=0),
                               _nonfinite_in_update=False, skip_this_update=False, skipped_updates=0,
                               nonfinite_streak=0)
-    Data2VecTrainer.decide_update(trainer, model, optimizer)
+    PretrainTrainer.decide_update(trainer, model, optimizer)
     result = {"skip": trainer.skip_this_update, "skipped": trainer.skipped_updates,
               "grads_dropped": all(p.grad is None for p in model.parameters())}
     Path(f"{out}.rank{rank}").write_text(json.dumps(result))

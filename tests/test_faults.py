@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from multissl.checkpoints import CheckpointError, problem
-from multissl.config import load_recipe
+from multissl.recipe import load_recipe
 from multissl.train import CollapseError, NonFiniteError, pretrain
 from tests.run_driver import Poison, StopAt
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from multissl.config import load_recipe
+from multissl.recipe import load_recipe
 from multissl.train import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

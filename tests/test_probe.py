@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from multissl.config import load_recipe
 from multissl.export.hf import export
 from multissl.probe import accuracy, format_table, probe, read_table
+from multissl.recipe import load_recipe
 from multissl.train import pretrain
 from tests.conftest import TINY
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from multissl.config import RecipeError, load_recipe
+from multissl.recipe import RecipeError, load_recipe
 from multissl.runs import SCHEMA_VERSION, SchemaError
 from multissl.train import load_run, pretrain
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from multissl.config import load_recipe
+from multissl.recipe import load_recipe
 from multissl.train import build_model
 from tests.run_driver import spawn, wait_for_update
 
@@ -78,7 +78,7 @@ def test_streamed_run_killed_mid_pass_resumes_exactly(save_steps, checkpoint, ti
 
 def test_streams_are_split_between_workers_and_passes(tiny_args, shards):
     recipe = load_recipe(RECIPE, [*tiny_args, "--data", str(shards), "--streaming", "true", "--shuffle_buffer", "0"])
-    _, _, stream, collator, _ = build_model(recipe)
+    _, _, stream, collator, *_ = build_model(recipe)
     loader = torch.utils.data.DataLoader(stream, batch_size=4, num_workers=2, collate_fn=lambda x: x)
     seeds = [e["seed"] for _, batch in zip(range(30), loader, strict=False) for e in batch]
     parts = {s[2] for s in seeds}

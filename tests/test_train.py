@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from multissl.config import RecipeError, load_recipe
+from multissl.recipe import RecipeError, load_recipe
 from multissl.train import CollapseError, pretrain
 from tests.run_driver import StopAt
 

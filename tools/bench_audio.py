@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def speech(n: int, seconds: float) -> list[np.ndarray]:
     """``n`` spoken verses at 16 kHz, normalised, each cropped to ``seconds``."""
-    from multissl.data.audio import normalize, read_audio
+    from multissl.modalities.audio.data import normalize, read_audio
     from tools.make_speech import verses
 
     with tempfile.TemporaryDirectory() as d:
@@ -43,12 +43,12 @@ def main() -> None:
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
     from multissl.core.blocks import EncoderConfig
-    from multissl.core.data2vec import Data2Vec, Data2VecConfig
     from multissl.core.decoder import DecoderConfig
     from multissl.core.ema import EMAConfig
-    from multissl.core.masking import MaskConfig
-    from multissl.data.audio import AudioCollator
-    from multissl.modalities.audio import Audio, AudioConfig
+    from multissl.data.masking import MaskConfig
+    from multissl.methods.data2vec import Data2Vec, Data2VecConfig
+    from multissl.modalities.audio.data import AudioCollator
+    from multissl.modalities.audio.model import Audio, AudioConfig
     from tools.step_bench import report, run_rounds, training_step
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -85,9 +85,9 @@ def units(modality: str, cfg: Any, batch: int) -> tuple[str, float]:
 
 
 def collator(modality: str, recipe: Any, cfg: Any) -> Any:
-    from multissl.data.audio import AudioCollator
-    from multissl.data.text import TextCollator
-    from multissl.data.vision import ImageCollator
+    from multissl.modalities.audio.data import AudioCollator
+    from multissl.modalities.text.data import TextCollator
+    from multissl.modalities.vision.data import ImageCollator
 
     m = recipe.method
     if modality == "text":
@@ -122,11 +122,11 @@ def bench_recipe(modality: str, name: str, args: argparse.Namespace, device: tor
     from transformers import AutoModel
     from transformers.trainer_utils import SaveStrategy
 
-    from multissl.config import load_recipe
-    from multissl.core.data2vec import Data2Vec
+    from multissl.methods.data2vec import Data2Vec
     from multissl.modalities import get_modality
+    from multissl.recipe import load_recipe
     from multissl.train import training_arguments
-    from multissl.trainer import Data2VecTrainer
+    from multissl.trainer import PretrainTrainer
 
     cuda = device.type == "cuda"
     overrides = ["--report_to", "none", "--save_steps", "1000000", "--logging_steps", "1000000",
@@ -167,7 +167,7 @@ def bench_recipe(modality: str, name: str, args: argparse.Namespace, device: tor
     with tempfile.TemporaryDirectory() as tmp:
         targs = training_arguments(recipe, tmp)
         targs.max_steps, targs.save_strategy = steps, SaveStrategy.NO
-        trainer = Data2VecTrainer(model=model, args=targs, train_dataset=examples[batch:], data_collator=collate)
+        trainer = PretrainTrainer(model=model, args=targs, train_dataset=examples[batch:], data_collator=collate)
         from multissl.callbacks import EMACallback, NonFiniteGuard
 
         for cb in (NonFiniteGuard(trainer, 20), EMACallback(trainer), clock.callback):

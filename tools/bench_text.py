@@ -42,13 +42,13 @@ def main() -> None:
     from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
 
     from multissl.core.blocks import EncoderConfig
-    from multissl.core.data2vec import Data2Vec, Data2VecConfig
     from multissl.core.decoder import DecoderConfig
     from multissl.core.ema import EMAConfig
-    from multissl.core.masking import MaskConfig
-    from multissl.data.text import TextCollator
+    from multissl.data.masking import MaskConfig
+    from multissl.methods.data2vec import Data2Vec, Data2VecConfig
     from multissl.modalities import get_modality
-    from multissl.modalities.text import TextConfig
+    from multissl.modalities.text.data import TextCollator
+    from multissl.modalities.text.model import TextConfig
     from multissl.tokenizer import train_tokenizer
     from tools.step_bench import report, run_rounds, training_step
 

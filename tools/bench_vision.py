@@ -56,12 +56,12 @@ def main() -> None:
     from transformers import ViTMAEForPreTraining
 
     from multissl.core.blocks import EncoderConfig
-    from multissl.core.data2vec import Data2Vec, Data2VecConfig
     from multissl.core.decoder import DecoderConfig
     from multissl.core.ema import EMAConfig
-    from multissl.core.masking import MaskConfig
-    from multissl.data.vision import ImageCollator, train_transform
-    from multissl.modalities.vision import Vision, VisionConfig
+    from multissl.data.masking import MaskConfig
+    from multissl.methods.data2vec import Data2Vec, Data2VecConfig
+    from multissl.modalities.vision.data import ImageCollator, train_transform
+    from multissl.modalities.vision.model import Vision, VisionConfig
     from tools.make_images import photos
     from tools.step_bench import report, run_rounds, training_step
 

@@ -61,9 +61,9 @@ def text_part(out: Path, max_steps: int | None) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from multissl.config import load_recipe
     from multissl.export.hf import export
     from multissl.probe import format_table, probe
+    from multissl.recipe import load_recipe
     from multissl.tokenizer import train_tokenizer
     from multissl.train import load_run, pretrain
 
@@ -104,10 +104,10 @@ def speech_part(out: Path, max_steps: int | None) -> None:
     import torch
     from transformers import AutoFeatureExtractor, AutoModel
 
-    from multissl.config import load_recipe
-    from multissl.data.audio import read_audio
     from multissl.export.hf import export
+    from multissl.modalities.audio.data import read_audio
     from multissl.probe import format_table, probe
+    from multissl.recipe import load_recipe
     from multissl.train import load_run, pretrain
     from tools.make_speech import VARIANTS, digits, verses
 
@@ -147,10 +147,10 @@ def vision_part(out: Path, max_steps: int | None) -> None:
     import torch
     from transformers import AutoImageProcessor, AutoModel
 
-    from multissl.config import load_recipe
-    from multissl.data.vision import Picture
     from multissl.export.hf import export
+    from multissl.modalities.vision.data import Picture
     from multissl.probe import format_table, probe
+    from multissl.recipe import load_recipe
     from multissl.train import load_run, pretrain
     from tools.make_images import digits
 

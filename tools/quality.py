@@ -74,8 +74,8 @@ def last_log(run_dir: Path) -> dict[str, Any]:
 
 def run_recipe(name: str, seed: int, data: dict[str, Any], out: Path, extra: list[str]) -> tuple[dict, Any]:
     """Pretrain, export and probe one recipe at one seed; also returns the recipe (for the peer)."""
-    from multissl.config import load_recipe
     from multissl.export.hf import export
+    from multissl.recipe import load_recipe
     from multissl.train import pretrain
 
     args = ["--data", str(data["data"]), "--output_dir", str(out / "run"), "--seed", str(seed), "--report_to",
@@ -98,7 +98,7 @@ def run_peer(recipe, seed: int, budget: float, data: dict[str, Any], out: Path) 
     from multissl.train import build_model
 
     name, train = peers.PEERS[recipe.modality]
-    _, _, dataset, _, preprocessor = build_model(recipe)
+    _, _, dataset, _, preprocessor, _ = build_model(recipe)
     model_dir, clock = train(recipe, dataset, preprocessor, out, seed, budget)
     return {"method": name, "seed": seed, "steps": clock.steps, "seconds": round(clock.seconds, 1),
            "wall_seconds": round(clock.wall_seconds, 1),
@@ -163,7 +163,7 @@ def main() -> None:
                 ours = next(r for r in done if r["method"] == f"multissl {name}" and r["seed"] == seed
                             and r.get("tag", "") == args.tag)
                 if recipe is None:
-                    from multissl.config import load_recipe
+                    from multissl.recipe import load_recipe
 
                     recipe = load_recipe(out / key / "run" / "recipe.yaml", ["--output_dir", str(out / key / "peer")])
                 row = run_peer(recipe, seed, ours["seconds"], data[modality], out / f"{key}-peer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from multissl.config import RecipeError
+from multissl.errors import RecipeError
 
 
 def is_saved_dataset(path: Path) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from multissl.config import RecipeError
+from multissl.errors import RecipeError
 
 log = logging.getLogger(__name__)
 

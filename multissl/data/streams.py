@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from multissl.config import RecipeError
 from multissl.data.saved_datasets import is_saved_dataset
+from multissl.errors import RecipeError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import yaml
 
-from multissl.config import Recipe
+from multissl.methods import get_method
+from multissl.modalities import get_modality
+from multissl.recipe import Recipe
 
 
 def last_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -26,12 +28,12 @@ def model_card(recipe: Recipe, hf_class: str, which: str, metrics: dict[str, Any
     >>> "library_name: transformers" in model_card(Recipe(), "Data2VecTextModel", "student", {}, "m")
     True
     """
+    method, adapter = get_method(recipe.method.name), get_modality(recipe.modality)
     meta: dict[str, Any] = {
         "library_name": "transformers",
         "license": recipe.card.license,
-        "tags": ["multissl", "data2vec", f"data2vec-v{recipe.method.version}", recipe.modality,
-                 "self-supervised"],
-        "pipeline_tag": "feature-extraction",
+        "tags": ["multissl", *method.card_tags(recipe.method), recipe.modality, "self-supervised"],
+        "pipeline_tag": method.pipeline_tag,
     }
     if recipe.card.datasets:
         meta["datasets"] = list(recipe.card.datasets)
@@ -44,40 +46,18 @@ def model_card(recipe: Recipe, hf_class: str, which: str, metrics: dict[str, Any
     lines = [
         "---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
         f"# {name}", "",
-        f"A {recipe.modality} encoder pretrained without labels by multissl with data2vec "
-        f"{'2.0' if recipe.method.version == 2 else '(v1)'} ({who} exported). It is a "
+        f"A {recipe.modality} encoder pretrained without labels by multissl with {method.card_title(recipe.method)} "
+        f"({who} exported). It is a "
         f"`{hf_class}` with {enc.depth} layers of width {enc.dim}; load it with `AutoModel`.", "",
-        "## Use", "", "```python",
-        "from transformers import AutoModel, AutoTokenizer" if recipe.modality == "text"
-        else "from transformers import AutoModel, AutoProcessor",
-        f'model = AutoModel.from_pretrained("{name}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")' if recipe.modality == "text"
-        else f'processor = AutoProcessor.from_pretrained("{name}")',
-        "```", "",
-        *_modality_notes(recipe), "",
+        "## Use", "", "```python", *adapter.card_usage(name), "```", "",
+        *adapter.card_notes(recipe.adapter), "",
         "## Pretraining", "",
-        f"- objective: data2vec v{recipe.method.version}, top-{recipe.method.top_k} teacher layers, "
-        f"{recipe.mask.kind} masking at {recipe.mask.prob}, {recipe.method.clones} clone(s) per sample",
+        f"- objective: {method.card_objective(recipe.method, recipe.mask)}",
         f"- updates: {health.get('step', 'unknown')}",
         "- final health: " + (", ".join(f"{k} {v}" for k, v in health.items()) or "not recorded"),
         "", "Recipe:", "", "```yaml", recipe_yaml, "```", "",
     ]
     return "\n".join(lines)
-
-
-def _modality_notes(recipe: Recipe) -> list[str]:
-    """What a user of this kind of encoder needs to know beyond loading it."""
-    if recipe.modality == "audio":
-        rate = recipe.adapter.get("sample_rate", 16000)
-        notes = [f"Inputs are raw {rate} Hz mono waveforms; the processor normalises each utterance and "
-                 "returns the attention mask. Fine-tune for speech recognition with "
-                 "`Data2VecAudioForCTC.from_pretrained(name, vocab_size=...)` (a new CTC head)."]
-        if not recipe.adapter.get("mask_embedding"):
-            notes.append("`masked_spec_embed` (the SpecAugment vector used when fine-tuning) was not trained "
-                         "(data2vec 2.0 drops masked frames instead).")
-        return notes
-    return ["The pooler, if the class has one, was not trained: use the hidden states (for example "
-            "mean-pooled) or fine-tune."]
 
 
 def _public(d: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from multissl.export.card import last_metrics, model_card
-from multissl.runs import EXPORT_KEY, export_info
+from multissl.runs import EXPORT_KEY, PREPROCESSOR_DIR, export_info, load_run_model
 from multissl.staging import staged_folder
-from multissl.train import PREPROCESSOR_DIR, load_run
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,20 @@ def check_parity(encoder: torch.nn.Module, hf_model: torch.nn.Module, modality, 
     return diff
 
 
+@torch.no_grad()
+def check_task_parity(model: torch.nn.Module, hf_task: torch.nn.Module, modality, preprocessor, atol: float) -> float:
+    """Largest absolute difference between the objective's head outputs and the exported task
+    class's ``logits`` (non-padding positions) on the adapter's example inputs; raises above ``atol``."""
+    hf_inputs, ours = modality.example_inputs(preprocessor)
+    mine = model.eval().task_logits(ours)
+    theirs = hf_task.eval()(**hf_inputs).logits
+    valid = ~model.encoder(ours)[1][:, model.encoder.num_extra:]
+    diff = float((mine - theirs)[valid].abs().max())
+    if diff > atol * 10:  # logits are sums over the vocabulary's width: a looser bound
+        raise ParityError(f"exported {type(hf_task).__name__} differs from the objective's head by {diff:.2e}")
+    return diff
+
+
 def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arch: str | None = None,
            overwrite: bool = False, atol: float = 1e-4) -> Path:
     """Write the encoder of ``run_dir`` to ``out_dir`` as an HF model folder, with its preprocessor
@@ -49,15 +62,24 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
     >>> export("runs/t1", "out/t1")  # doctest: +SKIP
     >>> AutoModel.from_pretrained("out/t1")  # doctest: +SKIP
     """
+    import transformers
     from transformers import AutoModel
 
     run_dir, out = Path(run_dir), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: output folder exists and is not empty (pass --overwrite)")
-    recipe, modality, encoder = load_run(run_dir, which)
+    if which not in ("student", "teacher"):
+        raise ValueError(f"--which must be student or teacher, got {which!r}")
+    recipe, modality, model = load_run_model(run_dir)
+    encoder = (model.encoder if which == "student" else model.teacher_encoder()).eval()
+    task = model.hf_task() if which == "student" else None  # the teacher has no head of its own
     hf_cfg = modality.hf_config(recipe.encoder, arch)
-    hf_model = AutoModel.from_config(hf_cfg)
     state = modality.to_hf_state_dict(encoder.state_dict(), recipe.encoder)
+    if task is None:
+        hf_model = AutoModel.from_config(hf_cfg)
+    else:  # the objective's head class, the encoder under its base-model prefix
+        hf_model = getattr(transformers, task[0]).from_config(hf_cfg)
+        state = {f"{hf_model.base_model_prefix}.{k}": v for k, v in state.items()} | task[1]
     missing, unexpected = hf_model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(modality.hf_untrained)]
     if missing or unexpected:
@@ -75,6 +97,13 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
         reloaded = AutoModel.from_pretrained(tmp)
         diff = check_parity(encoder, reloaded, modality, preprocessor, atol)
         log.info("export parity: max abs difference %.2e over all hidden states", diff)
+        if task is not None:
+            diff = check_task_parity(model, getattr(transformers, task[0]).from_pretrained(tmp), modality,
+                                     preprocessor, atol)
+            log.info("export parity: max abs difference %.2e over the %s logits", diff, task[0])
         card = model_card(recipe, type(reloaded).__name__, which, last_metrics(run_dir), out.name)
         (tmp / "README.md").write_text(card)
+        whole = model.hf_pretraining() if which == "student" else None
+        if whole is not None:  # the whole pretraining model, for continuing it with transformers
+            whole.save_pretrained(tmp / "pretraining")
     return out

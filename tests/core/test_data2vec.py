@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from multissl.core.blocks import EncoderConfig
-from multissl.core.data2vec import Data2Vec, Data2VecConfig, gather_kept, scatter_kept
 from multissl.core.decoder import DecoderConfig
+from multissl.core.encoder import gather_kept, scatter_kept
+from multissl.methods.data2vec import Data2Vec, Data2VecConfig
 from multissl.modalities import get_modality
-from multissl.modalities.text import TextConfig
+from multissl.modalities.text.model import TextConfig
 
 ENC = EncoderConfig(dim=32, depth=3, heads=4, ffn_dim=64)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from multissl.core.masking import (
+from multissl.data.masking import (
     BERT_KEEP,
     BERT_MASK,
     BERT_NONE,

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multissl.core.masking import BERT_NONE, MaskConfig, bert_mask, multi_mask, sample_mask
+from multissl.data.masking import BERT_NONE, MaskConfig, bert_mask, multi_mask, sample_mask
 
 SETTINGS = settings(max_examples=300, deadline=None)
 probs = st.floats(0.0, 0.95, allow_nan=False)

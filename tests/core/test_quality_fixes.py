@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from multissl.core.blocks import EncoderConfig
-from multissl.core.data2vec import Data2Vec, Data2VecConfig
 from multissl.core.decoder import Decoder1d, DecoderConfig
 from multissl.core.health import HealthConfig, check_health, effective_rank, position_share
-from multissl.modalities.audio import Audio, AudioConfig
-from multissl.modalities.text import Text, TextConfig
-from multissl.modalities.vision import Vision, VisionConfig, sincos_2d
+from multissl.methods.data2vec import Data2Vec, Data2VecConfig
+from multissl.modalities.audio.model import Audio, AudioConfig
+from multissl.modalities.text.model import Text, TextConfig
+from multissl.modalities.vision.model import Vision, VisionConfig, sincos_2d
 
 ENC = EncoderConfig(dim=64, depth=2, heads=4, ffn_dim=256)
 TEXT = TextConfig(max_length=32, vocab_size=500, pad_token_id=1, bos_token_id=0, eos_token_id=2, mask_token_id=3)
@@ -107,7 +107,7 @@ def test_cls_loss_is_the_reference_sum_over_samples():
     y = model.targets({"pixel_values": pixels}).repeat_interleave(2, 0)
     feats, pad = enc.local({"pixel_values": pixels})
     feats, pad = feats.repeat_interleave(2, 0), pad.repeat_interleave(2, 0)
-    from multissl.core.data2vec import gather_kept
+    from multissl.core.encoder import gather_kept
 
     x = enc.context(feats, pad, mask)
     x, xpad, _ = gather_kept(x, torch.cat([pad.new_zeros(6, 1), pad], 1), mask, 1)

@@ -7,9 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from multissl.config import DataConfig, RecipeError
-from multissl.core.masking import MaskConfig
-from multissl.data.audio import (
+from multissl.data.masking import MaskConfig
+from multissl.modalities.audio.data import (
     AudioCollator,
     AudioDataset,
     BadAudioError,
@@ -20,7 +19,8 @@ from multissl.data.audio import (
     scan,
     scan_report,
 )
-from multissl.modalities.audio import AudioConfig
+from multissl.modalities.audio.model import AudioConfig
+from multissl.recipe import DataConfig, RecipeError
 from tests.conftest import first_pass
 
 CFG = AudioConfig(max_samples=16000)

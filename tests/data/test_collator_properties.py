@@ -6,13 +6,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multissl.core.masking import MaskConfig
-from multissl.data.audio import AudioCollator
-from multissl.data.text import TextCollator
-from multissl.data.vision import ImageCollator
-from multissl.modalities.audio import AudioConfig
-from multissl.modalities.text import TextConfig
-from multissl.modalities.vision import VisionConfig
+from multissl.core.adapter import StudentView
+from multissl.data.masking import MaskConfig
+from multissl.modalities.audio.data import AudioCollator
+from multissl.modalities.audio.model import AudioConfig
+from multissl.modalities.text.data import TextCollator
+from multissl.modalities.text.model import TextConfig
+from multissl.modalities.vision.data import ImageCollator
+from multissl.modalities.vision.model import VisionConfig
 
 SETTINGS = settings(max_examples=150, deadline=None)
 TEXT = TextConfig(max_length=40, vocab_size=50, pad_token_id=1, bos_token_id=0, eos_token_id=2, mask_token_id=3)
@@ -26,7 +27,7 @@ seeds = st.tuples(st.integers(0, 9), st.integers(0, 9), st.integers(0, 10**6))
 def test_text_collator(rows, kind, prob, version, clones, seed):
     if kind == "bert":
         version, clones = 1, 1
-    collate = TextCollator(MaskConfig(kind=kind, prob=prob, length=3), TEXT, version, clones)
+    collate = TextCollator(MaskConfig(kind=kind, prob=prob, length=3), TEXT, StudentView(version == 1, clones))
     batch = collate([{"input_ids": r, "seed": (*seed, i)} for i, r in enumerate(rows)])
     ids, mask = batch["inputs"]["input_ids"], batch["mask"]
     t = max(len(r) for r in rows)

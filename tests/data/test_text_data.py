@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from multissl.config import DataConfig, RecipeError
-from multissl.core.masking import MaskConfig
-from multissl.data.text import TextCollator, build_text_dataset, load_corpus, resolve_files
-from multissl.modalities.text import TextConfig, load_tokenizer
+from multissl.core.adapter import StudentView
+from multissl.data.masking import MaskConfig
+from multissl.modalities.text.data import TextCollator, build_text_dataset, load_corpus, resolve_files
+from multissl.modalities.text.model import TextConfig, load_tokenizer
+from multissl.recipe import DataConfig, RecipeError
 from tests.conftest import first_pass
 
 
@@ -89,7 +90,7 @@ def test_folder_input_reads_recursively(tmp_path, kjv_rows, tok):
 def test_v2_collator_exact_masks_per_clone_and_reproducible(tok, kjv_file):
     cfg = text_cfg(tok)
     ds = build_text_dataset(DataConfig(path=str(kjv_file)), tok, cfg, seed=3)
-    col = TextCollator(MaskConfig(kind="random", prob=0.48), cfg, version=2, clones=8)
+    col = TextCollator(MaskConfig(kind="random", prob=0.48), cfg, StudentView(dense=False, clones=8))
     b1, b2 = col([ds[0], ds[1]]), col([ds[0], ds[1]])
     assert torch.equal(b1["mask"], b2["mask"]) and b1["mask"].shape == (16, 32)
     assert "student_inputs" not in b1  # v2 drops tokens in the model
@@ -104,7 +105,7 @@ def test_v2_collator_exact_masks_per_clone_and_reproducible(tok, kjv_file):
 def test_v1_bert_collator(tok, kjv_file):
     cfg = text_cfg(tok, max_length=128)
     ds = build_text_dataset(DataConfig(path=str(kjv_file)), tok, cfg, seed=0)
-    col = TextCollator(MaskConfig(kind="bert", prob=0.15), cfg, version=1, clones=1)
+    col = TextCollator(MaskConfig(kind="bert", prob=0.15), cfg, StudentView(dense=True))
     b = col([ds[i] for i in range(64)])
     ids, student, mask = b["inputs"]["input_ids"], b["student_inputs"]["input_ids"], b["mask"]
     assert (student[mask] == tok.mask_token_id).all()

@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from multissl.config import DataConfig, RecipeError
-from multissl.core.masking import MaskConfig, beit_mask
-from multissl.data.vision import (
+from multissl.data.masking import MaskConfig, beit_mask
+from multissl.modalities.vision.data import (
     BadImageError,
     ImageCollator,
     ImageDataset,
@@ -21,7 +20,8 @@ from multissl.data.vision import (
     to_rgb,
     train_transform,
 )
-from multissl.modalities.vision import Vision, VisionConfig
+from multissl.modalities.vision.model import Vision, VisionConfig
+from multissl.recipe import DataConfig, RecipeError
 
 CFG = VisionConfig(image_size=32, patch_size=4)
 

@@ -3,8 +3,8 @@ import torch
 import yaml
 from transformers import AutoModel, AutoTokenizer, Data2VecTextModel, RobertaModel
 
-from multissl.config import load_recipe
 from multissl.export.hf import ParityError, check_parity, export
+from multissl.recipe import load_recipe
 from multissl.train import load_run, pretrain
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from multissl.config import load_recipe
 from multissl.export.hf import export
 from multissl.export.hub import push
+from multissl.recipe import load_recipe
 from multissl.train import pretrain
 from tests.conftest import TINY
 from tests.export.hub_fake import FakeHub
@@ -56,7 +56,7 @@ def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
 def test_push_a_speech_encoder_and_load_it_with_its_feature_extractor(hub, tmp_path, speech_dir):
     from transformers import AutoFeatureExtractor
 
-    from multissl.data.audio import read_audio
+    from multissl.modalities.audio.data import read_audio
     from tests.conftest import TINY_AUDIO
 
     recipe = load_recipe("recipes/audio/tiny.yaml", [*TINY_AUDIO, "--data", str(speech_dir), "--output_dir",

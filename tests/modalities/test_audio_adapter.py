@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from multissl.config import load_recipe
 from multissl.core.blocks import EncoderConfig
-from multissl.core.data2vec import Data2Vec, Data2VecConfig, Encoder
-from multissl.data.audio import read_audio
+from multissl.core.encoder import Encoder
 from multissl.export.hf import export
-from multissl.modalities.audio import Audio, AudioConfig
+from multissl.methods.data2vec import Data2Vec, Data2VecConfig
+from multissl.modalities.audio.data import read_audio
+from multissl.modalities.audio.model import Audio, AudioConfig
 from multissl.probe import accuracy, probe
+from multissl.recipe import load_recipe
 from multissl.train import build_model, pretrain
 from tests.conftest import TINY_AUDIO
 

@@ -5,9 +5,9 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
 
 from multissl.core.blocks import EncoderConfig
-from multissl.core.data2vec import Encoder
+from multissl.core.encoder import Encoder
 from multissl.modalities import get_modality
-from multissl.modalities.text import TextConfig
+from multissl.modalities.text.model import TextConfig
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,15 @@ import pytest
 import torch
 from PIL import Image
 
-from multissl.config import load_recipe
 from multissl.core.blocks import EncoderConfig
-from multissl.core.data2vec import Data2Vec, Data2VecConfig, Encoder
 from multissl.core.decoder import DecoderConfig
-from multissl.data.vision import eval_transform
+from multissl.core.encoder import Encoder
 from multissl.export.hf import export
-from multissl.modalities.vision import Vision, VisionConfig
+from multissl.methods.data2vec import Data2Vec, Data2VecConfig
+from multissl.modalities.vision.data import eval_transform
+from multissl.modalities.vision.model import Vision, VisionConfig
 from multissl.probe import accuracy, probe
+from multissl.recipe import load_recipe
 from multissl.train import build_model, pretrain
 from tests.conftest import TINY_VISION
 

@@ -18,17 +18,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from multissl.config import DataConfig, RecipeError
-from multissl.core.masking import MaskConfig, sample_mask
-from multissl.data.saved_datasets import is_saved_dataset, media_column
+from multissl.data.config import DataConfig
+from multissl.data.masking import MaskConfig, sample_mask
+from multissl.data.media import MediaDataset, MediaFiles, build_media_dataset
 from multissl.data.seeds import example_rng
-from multissl.data.skipping import first_decodable, made_or_skipped, warn_skipped, warn_unrecognised
-from multissl.data.streams import SeededStream, media_stream
-from multissl.modalities.vision import VisionConfig
+from multissl.data.streams import SeededStream
+from multissl.errors import RecipeError
+from multissl.modalities.vision.model import IMAGE_EXTENSIONS, VisionConfig
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 class BadImageError(RecipeError):
@@ -79,28 +78,20 @@ def find_images(spec: str, column: str = "image") -> list[Picture]:
     """Images named by ``spec``: image files, folders (recursive; class sub-folders are just
     folders here), ``datasets`` folders saved with ``save_to_disk``, and ``.npy`` arrays of shape
     (N, H, W) or (N, H, W, C) in uint8; several separated by commas."""
-    pictures: list[Picture] = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        p = Path(part)
-        if is_saved_dataset(p):
-            pictures += [Picture(name, data) for name, data in media_column(p, column, "data.image_column")]
-        elif p.is_dir():
-            found = [f for f in sorted(p.rglob("*")) if f.is_file()]
-            pictures += [Picture(str(f)) for f in found if f.suffix.lower() in IMAGE_EXTENSIONS]
-            warn_unrecognised(p, [f for f in found if f.suffix.lower() not in IMAGE_EXTENSIONS], IMAGE_EXTENSIONS)
-        elif p.is_file() and p.suffix == ".npy":
-            arr = np.load(p, mmap_mode="r")
-            if arr.ndim not in (3, 4) or arr.dtype != np.uint8:
-                raise RecipeError(f"data.path: {p}: expected uint8 (N, H, W) or (N, H, W, C), got {arr.dtype} "
-                                  f"{arr.shape}")
-            pictures += [Picture(f"{p}[{i}]", np.asarray(arr[i])) for i in range(len(arr))]
-        elif p.is_file():
-            pictures.append(Picture(str(p)))
-        else:
-            raise RecipeError(f"data.path: {part}: no such file or folder")
-    if not pictures:
-        raise RecipeError(f"data.path: {spec}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return pictures
+    return IMAGE_FILES.find(spec, column)
+
+
+def _listing(path: Path, column: str) -> list[Picture] | None:
+    if path.suffix != ".npy":
+        return None
+    arr = np.load(path, mmap_mode="r")
+    if arr.ndim not in (3, 4) or arr.dtype != np.uint8:
+        raise RecipeError(f"data.path: {path}: expected uint8 (N, H, W) or (N, H, W, C), got {arr.dtype} {arr.shape}")
+    return [Picture(f"{path}[{i}]", np.asarray(arr[i])) for i in range(len(arr))]
+
+
+IMAGE_FILES = MediaFiles("vision", "images", "images", IMAGE_EXTENSIONS, "data.image_column", Picture, BadImageError,
+                         _listing)
 
 
 def check(picture: Picture, min_side: int) -> str:
@@ -114,19 +105,15 @@ def check(picture: Picture, min_side: int) -> str:
     return ""
 
 
+def _checked(picture: Picture, min_side: int) -> tuple[Picture | None, str]:
+    why = check(picture, min_side)
+    return (None, why) if why else (picture, "")
+
+
 def scan_images(pictures: list[Picture], cfg: VisionConfig, strict: bool = False
                 ) -> tuple[list[Picture], list[tuple[str, str]]]:
     """(usable images, [(name, problem)]); ``strict`` raises at the first problem."""
-    good, bad = [], []
-    for pic in pictures:
-        why = check(pic, cfg.min_side)
-        if why:
-            if strict:
-                raise BadImageError(f"{pic.name}: {why} (data.strict is set)")
-            bad.append((pic.name, why))
-        else:
-            good.append(pic)
-    return good, bad
+    return IMAGE_FILES.scan(pictures, partial(_checked, min_side=cfg.min_side), strict)
 
 
 # --- transforms ----------------------------------------------------------------------------------
@@ -169,53 +156,35 @@ def train_transform(img: Image.Image, cfg: VisionConfig, rng: np.random.Generato
 
 # --- the dataset and the collator ----------------------------------------------------------------
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Decoded, augmented, normalised images. An image that fails to decode now (it passed the scan)
-    is replaced by the next one and counted in ``failed``."""
+class ImageDataset(MediaDataset):
+    """Decoded, augmented (or, with ``train`` False, resized), normalised images."""
+
+    key = "pixel_values"
+    files = IMAGE_FILES
 
     def __init__(self, pictures: list[Picture], cfg: VisionConfig, seed: int, strict: bool = False,
                  train: bool = True):
-        self.pictures, self.cfg, self.seed, self.strict, self.train, self.epoch = pictures, cfg, seed, strict, train, 0
-        self.names = [p.name for p in pictures]
-        self.failed: list[str] = []
+        super().__init__(pictures, seed, strict)
+        self.pictures, self.cfg, self.train = pictures, cfg, train
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.pictures)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        seed = (self.seed, self.epoch, int(i))
-
-        def load(j: int) -> torch.Tensor:
-            img = self.pictures[j].open()
-            return train_transform(img, self.cfg, example_rng(seed)) if self.train else eval_transform(img, self.cfg)
-
-        x = first_decodable(self.names, i, load, self.strict, self.failed, "vision", BadImageError)
-        return {"pixel_values": x, "seed": seed}
+    def load(self, i: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        img = self.pictures[i].open()
+        return train_transform(img, self.cfg, rng) if self.train and rng is not None else eval_transform(img, self.cfg)
 
 
-def _stream_example(row: dict[str, Any], seed: tuple[int, ...], cfg: VisionConfig, strict: bool) -> dict | None:
-    def make() -> dict[str, Any]:
-        picture = Picture(row["name"], row["bytes"])
-        why = check(picture, cfg.min_side)
-        if why:
-            raise ValueError(why)
-        return {"pixel_values": train_transform(picture.open(), cfg, example_rng(seed))}
-
-    return made_or_skipped(row["name"], make, strict, "vision", BadImageError)
+def _streamed(picture: Picture, rng: np.random.Generator, cfg: VisionConfig) -> dict[str, Any]:
+    why = check(picture, cfg.min_side)
+    if why:
+        raise ValueError(why)
+    return {"pixel_values": train_transform(picture.open(), cfg, rng)}
 
 
 def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int) -> ImageDataset | SeededStream:
     """Find, check and wrap the images of ``data.path``; bad files are counted and named. With
     ``data.streaming`` nothing is scanned up front: images are checked as they are streamed."""
-    if data.streaming:
-        rows = media_stream(data.path, data.image_column, "data.image_column", find_images)
-        return SeededStream(rows, seed, partial(_stream_example, cfg=cfg, strict=data.strict), data.shuffle_buffer)
-    good, bad = scan_images(find_images(data.path, data.image_column), cfg, data.strict)
-    warn_skipped(bad, len(good), data.path, "vision", "images")
-    return ImageDataset(good, cfg, seed, data.strict)
+    return build_media_dataset(data, data.image_column, IMAGE_FILES, partial(_checked, min_side=cfg.min_side),
+                               lambda good: ImageDataset(good, cfg, seed, data.strict), partial(_streamed, cfg=cfg),
+                               seed)
 
 
 class ImageCollator:

@@ -17,57 +17,15 @@ from typing import Any, Literal
 import yaml
 
 from multissl.core.blocks import EncoderConfig
-from multissl.core.data2vec import Data2VecConfig
 from multissl.core.health import HealthConfig
-from multissl.core.masking import MaskConfig
+from multissl.data.config import DataConfig
+from multissl.data.masking import MaskConfig
+from multissl.errors import RecipeError
+from multissl.methods import get_method
+from multissl.methods.data2vec import Data2VecConfig
+from multissl.modalities import get_modality
 
-
-class RecipeError(ValueError):
-    """A recipe or override that cannot be used; the message names the key."""
-
-
-@dataclass
-class DataConfig:
-    """Where the unlabelled data is and how it is read."""
-
-    path: str = ""
-    """A file, a folder (read recursively) or a glob; several separated by commas. Also ``--data``."""
-
-    format: Literal["auto", "text", "json", "parquet"] = "auto"
-    """File format; auto goes by extension (.txt, .jsonl/.json, .parquet)."""
-
-    text_column: str = "text"
-    """Column holding the text in JSON lines and parquet files."""
-
-    streaming: bool = False
-    """Stream the data instead of loading or scanning it first (corpora larger than memory, millions
-    of files): read in endless passes, split across ranks and DataLoader workers by file; bad files
-    are skipped as they come. Resume is exact (the stream is replayed to where the checkpoint was)."""
-
-    shuffle_buffer: int = 1000
-    """Streams: examples are shuffled within a buffer of this many (and the file order each pass),
-    seeded; 0 keeps the order."""
-
-    tokenizer: str = ""
-    """Folder of a tokenizer that ``AutoTokenizer`` loads (``multissl tokenizer train``). Also ``--tokenizer``."""
-
-    num_workers: int = 0
-    """DataLoader worker processes (masks are made there)."""
-
-    audio_column: str = "audio"
-    """Column holding the audio (path or encoded bytes) in manifests and ``datasets`` folders."""
-
-    image_column: str = "image"
-    """Column holding the image (path or encoded bytes) in ``datasets`` folders."""
-
-    strict: bool = False
-    """Stop at the first unusable file (unreadable, empty, too short) instead of skipping it with a
-    warning. Also ``--strict``."""
-
-    def validate(self, where: str = "data") -> None:
-        for key in ("num_workers", "shuffle_buffer"):
-            if getattr(self, key) < 0:
-                raise RecipeError(f"{where}.{key} must be >= 0, got {getattr(self, key)}")
+__all__ = ["CardConfig", "DataConfig", "Recipe", "RecipeError", "TrainConfig", "from_dict", "load_recipe"]
 
 
 @dataclass
@@ -180,8 +138,8 @@ class Recipe:
     adapter: dict[str, Any] = field(default_factory=dict)
     """Modality adapter settings (checked against the adapter's own config)."""
 
-    method: Data2VecConfig = field(default_factory=Data2VecConfig)
-    """The data2vec objective."""
+    method: Any = field(default_factory=Data2VecConfig, metadata={"parse": "method"})
+    """The objective: ``name`` picks it (default data2vec) and types the rest of the section."""
 
     mask: MaskConfig = field(default_factory=MaskConfig)
     """Student masking."""
@@ -203,8 +161,6 @@ class Recipe:
 
     def adapter_config(self) -> Any:
         """The adapter section parsed into the adapter's config class."""
-        from multissl.modalities import get_modality
-
         try:
             cls = get_modality(self.modality).config_class
         except KeyError as e:
@@ -223,10 +179,10 @@ class Recipe:
             raise
         except ValueError as e:
             raise RecipeError(str(e)) from None
-        if self.method.top_k > self.encoder.depth:
-            raise RecipeError(f"method.top_k ({self.method.top_k}) > encoder.depth ({self.encoder.depth})")
-        if self.method.version == 2 and self.mask.kind == "bert":
-            raise RecipeError("mask.kind 'bert' needs method.version 1 (v2 drops masked tokens)")
+        try:
+            get_method(self.method.name).check(self.method, self.encoder, self.mask)
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -318,24 +274,45 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     0.65
     """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in (data or {}).items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(names)}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(fields)}"
             raise RecipeError(f"unknown key '{full}'{hint}")
-        kwargs[key] = _coerce(hints[key], value, full)
+        if fields[key].metadata.get("parse") == "method":
+            kwargs[key] = _method_config(value, full)
+        else:
+            kwargs[key] = _coerce(hints[key], value, full)
     return cls(**kwargs)
 
 
-def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
+def method_class(section: Any) -> type:
+    """The config class of a ``method`` section, by its ``name`` (data2vec when it has none: recipes
+    and run folders written before methods had names)."""
+    name = section.get("name", "data2vec") if isinstance(section, dict) else "data2vec"
+    try:
+        return get_method(str(name)).config_class
+    except KeyError as e:
+        raise RecipeError(str(e.args[0])) from None
+
+
+def _method_config(value: Any, key: str) -> Any:
+    if not isinstance(value, dict):
+        raise RecipeError(f"{key}: expected a mapping, got {value!r}")
+    return from_dict(method_class(value), value, key)
+
+
+def _leaf_paths(cls: type, prefix: str = "", method: type = Data2VecConfig) -> list[str]:
     out = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
+        if f.metadata.get("parse") == "method":
+            out += _leaf_paths(method, path + ".")
+        elif dataclasses.is_dataclass(hints[f.name]):
             out += _leaf_paths(hints[f.name], path + ".")
         else:
             out.append(path)
@@ -345,14 +322,13 @@ def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
 ALIASES = {"data": "data.path", "tokenizer": "data.tokenizer"}
 
 
-def resolve_key(key: str, modality: str) -> list[str]:
-    """The dotted path an override key stands for: a full path, an alias, or a unique leaf name."""
-    from multissl.modalities import get_modality
-
+def resolve_key(key: str, modality: str, method: type = Data2VecConfig) -> list[str]:
+    """The dotted path an override key stands for: a full path, an alias, or a unique leaf name
+    (of the recipe, its modality's adapter section and its method's section)."""
     key = key.replace("-", "_")
     if key in ALIASES:
         return ALIASES[key].split(".")
-    paths = _leaf_paths(Recipe)
+    paths = _leaf_paths(Recipe, method=method)
     try:
         paths += _leaf_paths(get_modality(modality).config_class, "adapter.")
     except KeyError:
@@ -366,6 +342,16 @@ def resolve_key(key: str, modality: str) -> list[str]:
         raise RecipeError(f"override --{key} is ambiguous: use one of {', '.join('--' + h for h in hits)}")
     close = difflib.get_close_matches(key, [p.split(".")[-1] for p in paths] + paths, n=1)
     raise RecipeError(f"unknown override --{key}" + (f" (did you mean --{close[0]}?)" if close else ""))
+
+
+def _override_value(overrides: list[str], key: str) -> str | None:
+    """The value given to ``--key`` (as ``--key value`` or ``--key=value``) in ``overrides``, if any."""
+    for i, token in enumerate(overrides):
+        if token == f"--{key}" and i + 1 < len(overrides):
+            return overrides[i + 1]
+        if token.startswith(f"--{key}="):
+            return token.split("=", 1)[1]
+    return None
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
@@ -387,6 +373,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise RecipeError(f"recipe {p}: the top level must be a mapping")
     overrides = list(overrides or [])
     modality = str(raw.get("modality", "text"))
+    method = _override_value(overrides, "method.name") or (raw.get("method") or {}).get("name", "data2vec")
+    method_cls = method_class({"name": method})
     i = 0
     while i < len(overrides):
         token = overrides[i]
@@ -399,7 +387,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             else:
                 i += 1
                 value = overrides[i]
-        path_ = resolve_key(key, modality)
+        path_ = resolve_key(key, modality, method_cls)
         node = raw
         for part in path_[:-1]:
             node = node.setdefault(part, {})

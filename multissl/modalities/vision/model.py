@@ -9,23 +9,28 @@ is also the class most image tooling (``AutoModelForImageClassification``, timm 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from multissl.core.adapter import Modality, StudentView
 from multissl.core.blocks import EncoderConfig
 from multissl.core.decoder import Decoder2d, DecoderConfig
-from multissl.modalities.base import Modality, from_hf_names, register, to_hf_names
+from multissl.core.hf_names import from_hf_names, to_hf_names
 
 # multissl block tensor -> ViT layer module
 HF_BLOCK_NAMES = {
     "q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj", "out": "attention.o_proj",
     "norm1": "layernorm_before", "fc1": "mlp.fc1", "fc2": "mlp.fc2", "norm2": "layernorm_after",
 }
-EXAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "photo.png"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+EXAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "assets" / "photo.png"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 @dataclass
@@ -133,10 +138,10 @@ def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, 1).float()
 
 
-@register
 class Vision(Modality):
     name = "vision"
     config_class = VisionConfig
+    input_extensions = IMAGE_EXTENSIONS
     num_extra_tokens = 1
 
     def build_local(self, enc: EncoderConfig) -> nn.Module:
@@ -148,18 +153,23 @@ class Vision(Modality):
     def build_decoder(self, cfg: DecoderConfig, dim: int) -> nn.Module:
         return Decoder2d(cfg, dim, self.cfg.grid)
 
-    def ema_split(self, version: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def token_signal(self, inputs: dict[str, Any], tokens: int) -> torch.Tensor:
+        """The pixels of each patch (B, N, patch * patch * C), in ``ViTMAEForPreTraining.patchify``'s order."""
+        from multissl.core.losses import patchify
+
+        return patchify(inputs["pixel_values"].float(), self.cfg.patch_size)
+
+    def teacher_sharing(self, dense: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
         # The teacher is the whole encoder, patch embedding included, on the unmasked image.
         return (), ()
 
-    def prepare(self, recipe: Any) -> tuple[Any, Any, Any]:
-        from multissl.data.vision import ImageCollator, build_image_dataset
+    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView) -> tuple[Any, Any, Any]:
+        from multissl.modalities.vision.data import ImageCollator, build_image_dataset
 
         if self.cfg.mask_embedding is None:
-            self.cfg.mask_embedding = recipe.method.version == 1
-        dataset = build_image_dataset(recipe.data, self.cfg, recipe.train.seed)
-        collator = ImageCollator(recipe.mask, self.cfg, recipe.method.clones)
-        return dataset, collator, self.image_processor()
+            self.cfg.mask_embedding = view.dense
+        dataset = build_image_dataset(data, self.cfg, seed)
+        return dataset, ImageCollator(mask, self.cfg, view.clones), self.image_processor()
 
     def image_processor(self):
         """The HF image processor whose output equals multissl's evaluation transform."""
@@ -183,10 +193,33 @@ class Vision(Modality):
                          attention_probs_dropout_prob=enc.attention_dropout, layer_norm_eps=enc.eps,
                          image_size=c.image_size, patch_size=c.patch_size, num_channels=c.channels, qkv_bias=True)
 
-    def load_preprocessor(self, folder: str | Path):
+    @classmethod
+    def load_preprocessor(cls, folder: str | Path):
         from transformers import AutoImageProcessor
 
         return AutoImageProcessor.from_pretrained(str(folder))
+
+    @classmethod
+    def holds_preprocessor(cls, folder: Path) -> bool:
+        path = folder / "preprocessor_config.json"
+        return path.is_file() and "image_processor_type" in json.loads(path.read_text())
+
+    @classmethod
+    def probe_features(cls, model: nn.Module, preprocessor: Any, inputs: list[Any], pool: str = "mean") -> np.ndarray:
+        """Every hidden state pooled: the mean over patches, or the CLS token (``pool="cls"``):
+        (images, layers + 1, D)."""
+        from multissl.modalities.vision.data import Picture
+
+        rows = []
+        with torch.no_grad():
+            for i in range(0, len(inputs), 64):
+                images = [Picture(p).open() for p in inputs[i:i + 64]]
+                states = model(**preprocessor(images, return_tensors="pt"), output_hidden_states=True).hidden_states
+                if pool == "cls":
+                    rows.append(torch.stack([h[:, 0] for h in states], 1).numpy())
+                else:
+                    rows.append(torch.stack([h[:, 1:].mean(1) for h in states], 1).numpy())
+        return np.concatenate(rows)
 
     def example_inputs(self, preprocessor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The shipped photo and its mirror image, through the exported processor."""

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from multissl.core.adapter import Modality, StudentView
 from multissl.core.blocks import EncoderConfig
-from multissl.modalities.base import Modality, block_tensors, fuse_block, register
+from multissl.core.hf_names import block_tensors, fuse_block, pool_states
+from multissl.errors import RecipeError
 
 # multissl block tensor -> Data2VecText / RoBERTa / BERT layer module
 HF_BLOCK_NAMES = {
@@ -92,10 +95,10 @@ class TextContext(nn.Module):
         return self.dropout(self.layer_norm(x + self.embed_positions(positions)))
 
 
-@register
 class Text(Modality):
     name = "text"
     config_class = TextConfig
+    input_extensions = ()
 
     def build_local(self, enc: EncoderConfig) -> nn.Module:
         return TextLocal(self.cfg, enc.dim)
@@ -103,30 +106,30 @@ class Text(Modality):
     def build_context(self, enc: EncoderConfig) -> nn.Module:
         return TextContext(self.cfg, enc)
 
-    def ema_split(self, version: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def token_embedding(self, local: nn.Module) -> nn.Embedding:
+        return local.embed_tokens
+
+    def teacher_sharing(self, dense: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
         # Embeddings and positions are shared with the teacher, which averages the blocks only
         # (data2vec text copies its embeddings every step, which is the same thing, cheaper).
         return ("local", "context"), ()
 
-    def prepare(self, recipe: Any) -> tuple[Any, Any, Any]:
-        from multissl.config import RecipeError
-        from multissl.data.text import TextCollator, build_text_dataset
+    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView) -> tuple[Any, Any, Any]:
+        from multissl.modalities.text.data import TextCollator, build_text_dataset
 
-        tok = load_tokenizer(recipe.data.tokenizer)
+        tok = load_tokenizer(data.tokenizer)
         c = self.cfg
         if c.vocab_size not in (-1, len(tok)):
-            raise RecipeError(f"data.tokenizer: {recipe.data.tokenizer} has {len(tok)} tokens but the model "
+            raise RecipeError(f"data.tokenizer: {data.tokenizer} has {len(tok)} tokens but the model "
                               f"has vocab_size {c.vocab_size}")
         c.vocab_size = len(tok)
         for key, value in (("pad_token_id", tok.pad_token_id), ("bos_token_id", tok.cls_token_id),
                            ("eos_token_id", tok.sep_token_id), ("mask_token_id", tok.mask_token_id)):
             if value is None:
-                raise RecipeError(f"data.tokenizer: {recipe.data.tokenizer} has no {key.replace('_id', '')}")
+                raise RecipeError(f"data.tokenizer: {data.tokenizer} has no {key.replace('_id', '')}")
             if getattr(c, key) == -1:
                 setattr(c, key, value)
-        dataset = build_text_dataset(recipe.data, tok, c, recipe.train.seed)
-        collator = TextCollator(recipe.mask, c, recipe.method.version, recipe.method.clones)
-        return dataset, collator, tok
+        return build_text_dataset(data, tok, c, seed), TextCollator(mask, c, view), tok
 
     def hf_config(self, enc: EncoderConfig, arch: str | None = None):
         from transformers import AutoConfig
@@ -143,8 +146,22 @@ class Text(Modality):
             pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
         )
 
-    def load_preprocessor(self, folder: str | Path):
+    @classmethod
+    def load_preprocessor(cls, folder: str | Path):
         return load_tokenizer(str(folder))
+
+    @classmethod
+    def holds_preprocessor(cls, folder: Path) -> bool:
+        return (folder / "tokenizer_config.json").is_file()
+
+    @classmethod
+    def card_usage(cls, name: str) -> list[str]:
+        return ["from transformers import AutoModel, AutoTokenizer", f'model = AutoModel.from_pretrained("{name}")',
+                f'tokenizer = AutoTokenizer.from_pretrained("{name}")']
+
+    @classmethod
+    def probe_features(cls, model: nn.Module, preprocessor: Any, inputs: list[Any], pool: str = "mean") -> np.ndarray:
+        return text_features(model, preprocessor, inputs, pool)
 
     def example_inputs(self, preprocessor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         batch = preprocessor(EXAMPLE_TEXTS, padding=True, truncation=True, max_length=self.cfg.max_length,
@@ -210,11 +227,23 @@ def load_tokenizer(folder: str):
     """``AutoTokenizer`` from a local folder, with a one-line error when it is not there."""
     from transformers import AutoTokenizer
 
-    from multissl.config import RecipeError
-
     if not folder:
         raise RecipeError("data.tokenizer is empty: pass --tokenizer FOLDER (make one with "
                           "'multissl tokenizer train')")
     if not (Path(folder) / "tokenizer_config.json").is_file():
         raise RecipeError(f"data.tokenizer: {folder}: no tokenizer there (no tokenizer_config.json)")
     return AutoTokenizer.from_pretrained(folder)
+
+
+def text_features(model: nn.Module, tokenizer: Any, texts: list[str], pool: str = "mean",
+                  batch_size: int = 64) -> np.ndarray:
+    """Every hidden state mean-pooled over non-padding tokens: (texts, layers + 1, D)."""
+    rows = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
+                            max_length=model.config.max_position_embeddings - model.config.pad_token_id - 1,
+                            return_tensors="pt")
+            rows.append(pool_states(model(**enc, output_hidden_states=True).hidden_states,
+                                    enc["attention_mask"].bool()))
+    return np.concatenate(rows)

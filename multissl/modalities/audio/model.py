@@ -4,17 +4,20 @@ every conv layer), a feature projection and a grouped conv positional encoder, l
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multissl.core.adapter import Modality, StudentView
 from multissl.core.blocks import EncoderConfig
 from multissl.core.decoder import Decoder1d, DecoderConfig
-from multissl.modalities.base import Modality, from_hf_names, register, to_hf_names
+from multissl.core.hf_names import from_hf_names, pool_states, to_hf_names
 
 # multissl block tensor -> Data2VecAudio layer module
 HF_BLOCK_NAMES = {
@@ -22,7 +25,8 @@ HF_BLOCK_NAMES = {
     "norm1": "layer_norm", "fc1": "feed_forward.intermediate_dense", "fc2": "feed_forward.output_dense",
     "norm2": "final_layer_norm",
 }
-EXAMPLE_AUDIO = Path(__file__).resolve().parent.parent / "assets" / "speech.flac"
+EXAMPLE_AUDIO = Path(__file__).resolve().parents[2] / "assets" / "speech.flac"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64")
 
 
 @dataclass
@@ -172,10 +176,10 @@ class AudioContext(nn.Module):
         return self.dropout(self.layer_norm(x + pos.transpose(1, 2)))
 
 
-@register
 class Audio(Modality):
     name = "audio"
     config_class = AudioConfig
+    input_extensions = AUDIO_EXTENSIONS
     hf_untrained = ("masked_spec_embed",)
 
     def build_local(self, enc: EncoderConfig) -> nn.Module:
@@ -190,19 +194,34 @@ class Audio(Modality):
     def build_decoder(self, cfg: DecoderConfig, dim: int) -> nn.Module:
         return Decoder1d(cfg, dim)
 
-    def ema_split(self, version: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        # The teacher consumes the student's pre-mask conv features. v1 copies the positional convs
-        # each step and averages the rest of the context; v2 averages the whole context.
-        return ("local",), (("context.pos_conv",) if version == 1 else ())
+    def token_signal(self, inputs: dict[str, Any], tokens: int) -> torch.Tensor:
+        """The log-mel frame (80 bands, 25 ms windows) under each conv frame, normalised over each
+        utterance's real frames: (B, frames, 80). The window of frame t starts where the conv encoder's
+        receptive field does (20 ms steps)."""
+        from multissl.modalities.audio.logmel import log_mel, normalize_frames
 
-    def prepare(self, recipe: Any) -> tuple[Any, Any, Any]:
-        from multissl.data.audio import AudioCollator, build_audio_dataset
+        wav = inputs["input_values"]
+        mel = log_mel(wav, tokens, self.cfg.sample_rate)
+        if "attention_mask" in inputs:
+            lengths = self.cfg.frames(inputs["attention_mask"].sum(-1))
+            pad = torch.arange(tokens, device=wav.device)[None] >= lengths[:, None]
+        else:
+            pad = torch.zeros(mel.shape[:2], dtype=torch.bool, device=wav.device)
+        return normalize_frames(mel, pad)
+
+    def teacher_sharing(self, dense: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        # The teacher consumes the student's pre-mask conv features. A dense student's teacher copies
+        # the positional convs each step and averages the rest of the context (data2vec v1); a sparse
+        # one's averages the whole context (2.0).
+        return ("local",), (("context.pos_conv",) if dense else ())
+
+    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView) -> tuple[Any, Any, Any]:
+        from multissl.modalities.audio.data import AudioCollator, build_audio_dataset
 
         if self.cfg.mask_embedding is None:
-            self.cfg.mask_embedding = recipe.method.version == 1
-        dataset = build_audio_dataset(recipe.data, self.cfg, recipe.train.seed)
-        collator = AudioCollator(recipe.mask, self.cfg, recipe.method.clones)
-        return dataset, collator, self.feature_extractor()
+            self.cfg.mask_embedding = view.dense
+        dataset = build_audio_dataset(data, self.cfg, seed)
+        return dataset, AudioCollator(mask, self.cfg, view.clones), self.feature_extractor()
 
     def feature_extractor(self):
         """The ``Wav2Vec2FeatureExtractor`` that prepares inputs exactly as multissl's collator does."""
@@ -229,14 +248,48 @@ class Audio(Modality):
             num_conv_pos_embedding_groups=c.pos_conv_groups,
         )
 
-    def load_preprocessor(self, folder: str | Path):
+    @classmethod
+    def load_preprocessor(cls, folder: str | Path):
         from transformers import AutoFeatureExtractor
 
         return AutoFeatureExtractor.from_pretrained(str(folder))
 
+    @classmethod
+    def card_notes(cls, adapter: dict[str, Any]) -> list[str]:
+        rate = adapter.get("sample_rate", 16000)
+        notes = [f"Inputs are raw {rate} Hz mono waveforms; the processor normalises each utterance and "
+                 "returns the attention mask. Fine-tune for speech recognition with "
+                 "`Data2VecAudioForCTC.from_pretrained(name, vocab_size=...)` (a new CTC head)."]
+        if not adapter.get("mask_embedding"):
+            notes.append("`masked_spec_embed` (the SpecAugment vector used when fine-tuning) was not trained "
+                         "(the objective dropped masked frames instead).")
+        return notes
+
+    @classmethod
+    def holds_preprocessor(cls, folder: Path) -> bool:
+        path = folder / "preprocessor_config.json"
+        return path.is_file() and "sampling_rate" in json.loads(path.read_text())
+
+    @classmethod
+    def probe_features(cls, model: nn.Module, preprocessor: Any, inputs: list[Any], pool: str = "mean") -> np.ndarray:
+        """Every hidden state mean-pooled over real (non-padding) frames: (files, layers + 1, D)."""
+        from multissl.modalities.audio.data import read_audio
+
+        rate = preprocessor.sampling_rate
+        rows = []
+        with torch.no_grad():
+            for i in range(0, len(inputs), 16):
+                wavs = [read_audio(p, rate) for p in inputs[i:i + 16]]
+                enc = preprocessor(wavs, sampling_rate=rate, padding=True, return_attention_mask=True,
+                                   return_tensors="pt")
+                states = model(**enc, output_hidden_states=True).hidden_states
+                valid = model._get_feature_vector_attention_mask(states[0].shape[1], enc["attention_mask"]).bool()
+                rows.append(pool_states(states, valid))
+        return np.concatenate(rows)
+
     def example_inputs(self, preprocessor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The shipped spoken sentence and its first 0.6 s, padded into one batch."""
-        from multissl.data.audio import read_audio
+        from multissl.modalities.audio.data import read_audio
 
         wav = read_audio(EXAMPLE_AUDIO, self.cfg.sample_rate)
         fe = preprocessor or self.feature_extractor()

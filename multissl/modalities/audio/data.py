@@ -17,17 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from multissl.config import DataConfig, RecipeError
-from multissl.core.masking import MaskConfig, sample_mask
-from multissl.data.saved_datasets import is_saved_dataset, media_column
+from multissl.data.config import DataConfig
+from multissl.data.masking import MaskConfig, sample_mask
+from multissl.data.media import MediaDataset, MediaFiles, build_media_dataset
 from multissl.data.seeds import example_rng
-from multissl.data.skipping import first_decodable, made_or_skipped, warn_skipped, warn_unrecognised
-from multissl.data.streams import SeededStream, media_stream
-from multissl.modalities.audio import AudioConfig
+from multissl.data.streams import SeededStream
+from multissl.errors import RecipeError
+from multissl.modalities.audio.model import AUDIO_EXTENSIONS, AudioConfig
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64")
 MANIFEST_EXTENSIONS = (".tsv", ".csv", ".jsonl", ".json")
 
 
@@ -60,6 +59,11 @@ class Clip:
     def samples(self, rate: int) -> int:
         """Length after resampling to ``rate``."""
         return self.frames if self.rate == rate else int(self.frames * rate / self.rate)
+
+
+AUDIO_FILES = MediaFiles("audio", "audio files", "files", AUDIO_EXTENSIONS, "data.audio_column",
+                         lambda name, data: Clip(name, -1, 0, data), BadAudioError,
+                         lambda path, column: _listing(path, column))
 
 
 def read_audio(source: Any, rate: int = 16000, start: float = 0.0, seconds: float | None = None) -> np.ndarray:
@@ -95,24 +99,11 @@ def find_audio(spec: str, column: str = "audio") -> list[Clip]:
     """Clips named by ``spec``: audio files, folders (recursive), manifests (tsv/csv/jsonl with a path
     column and an optional ``duration`` in seconds, or fairseq's tsv whose first line is the root
     folder) and ``datasets`` folders saved with ``save_to_disk``; several separated by commas."""
-    clips: list[Clip] = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        p = Path(part)
-        if is_saved_dataset(p):
-            clips += [Clip(name, -1, 0, data) for name, data in media_column(p, column, "data.audio_column")]
-        elif p.is_dir():
-            found = [f for f in sorted(p.rglob("*")) if f.is_file()]
-            clips += [Clip(str(f), -1, 0) for f in found if f.suffix.lower() in AUDIO_EXTENSIONS]
-            warn_unrecognised(p, [f for f in found if f.suffix.lower() not in AUDIO_EXTENSIONS], AUDIO_EXTENSIONS)
-        elif p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
-            clips += _from_manifest(p, column)
-        elif p.is_file():
-            clips.append(Clip(str(p), -1, 0))
-        else:
-            raise RecipeError(f"data.path: {part}: no such file or folder")
-    if not clips:
-        raise RecipeError(f"data.path: {spec}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
-    return clips
+    return AUDIO_FILES.find(spec, column)
+
+
+def _listing(path: Path, column: str) -> list[Clip] | None:
+    return _from_manifest(path, column) if path.suffix.lower() in MANIFEST_EXTENSIONS else None
 
 
 def _from_manifest(path: Path, column: str) -> list[Clip]:
@@ -158,16 +149,7 @@ def check(clip: Clip, shortest: int, rate: int) -> tuple[Clip | None, str]:
 
 def scan(clips: list[Clip], cfg: AudioConfig, strict: bool = False) -> tuple[list[Clip], list[tuple[str, str]]]:
     """(usable clips with lengths, [(name, problem)]); ``strict`` raises at the first problem."""
-    good, bad = [], []
-    for clip in clips:
-        ok, why = check(clip, cfg.shortest, cfg.sample_rate)
-        if ok is None:
-            if strict:
-                raise BadAudioError(f"{clip.name}: {why} (data.strict is set)")
-            bad.append((clip.name, why))
-        else:
-            good.append(ok)
-    return good, bad
+    return AUDIO_FILES.scan(clips, partial(check, shortest=cfg.shortest, rate=cfg.sample_rate), strict)
 
 
 def scan_report(good: list[Clip], bad: list[tuple[str, str]], rate: int) -> str:
@@ -202,53 +184,37 @@ def load_clip(c: Clip, cfg: AudioConfig, rng: np.random.Generator | None = None)
     return normalize(wav) if cfg.normalize else wav
 
 
-class AudioDataset(torch.utils.data.Dataset):
+class AudioDataset(MediaDataset):
     """Decoded, resampled, normalised and randomly cropped waveforms. ``lengths`` lets the Trainer
-    batch similar lengths together. A file that fails to decode now (it passed the scan) is replaced
-    by the next one and counted in ``failed``."""
+    batch similar lengths together."""
+
+    key = "input_values"
+    files = AUDIO_FILES
 
     def __init__(self, clips: list[Clip], cfg: AudioConfig, seed: int, strict: bool = False):
-        self.clips, self.cfg, self.seed, self.strict, self.epoch = clips, cfg, seed, strict, 0
+        super().__init__(clips, seed, strict)
+        self.cfg, self.clips = cfg, clips
         self.lengths = [min(c.samples(cfg.sample_rate), cfg.max_samples) for c in clips]
-        self.names = [c.name for c in clips]
-        self.failed: list[str] = []
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.clips)
 
     def load(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """Clip ``i`` as the model sees it (a random window when it is too long and ``rng`` is given)."""
         return load_clip(self.clips[i], self.cfg, rng)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        seed = (self.seed, self.epoch, int(i))
-        wav = first_decodable(self.names, i, lambda j: self.load(j, example_rng(seed)), self.strict, self.failed,
-                              "audio", BadAudioError)
-        return {"input_values": wav, "seed": seed}
 
-
-def _stream_example(row: dict[str, Any], seed: tuple[int, ...], cfg: AudioConfig, strict: bool) -> dict | None:
-    def make() -> dict[str, Any]:
-        clip, why = check(Clip(row["name"], -1, 0, row["bytes"]), cfg.shortest, cfg.sample_rate)
-        if clip is None:
-            raise ValueError(why)
-        return {"input_values": load_clip(clip, cfg, example_rng(seed))}
-
-    return made_or_skipped(row["name"], make, strict, "audio", BadAudioError)
+def _streamed(clip: Clip, rng: np.random.Generator, cfg: AudioConfig) -> dict[str, Any]:
+    checked, why = check(clip, cfg.shortest, cfg.sample_rate)
+    if checked is None:
+        raise ValueError(why)
+    return {"input_values": load_clip(checked, cfg, rng)}
 
 
 def build_audio_dataset(data: DataConfig, cfg: AudioConfig, seed: int) -> AudioDataset | SeededStream:
     """Find, check and wrap the recordings of ``data.path``; bad files are counted and named. With
     ``data.streaming`` nothing is scanned up front: files are checked as they are streamed."""
-    if data.streaming:
-        rows = media_stream(data.path, data.audio_column, "data.audio_column", find_audio)
-        return SeededStream(rows, seed, partial(_stream_example, cfg=cfg, strict=data.strict), data.shuffle_buffer)
-    clips, bad = scan(find_audio(data.path, data.audio_column), cfg, data.strict)
-    warn_skipped(bad, len(clips), data.path, "audio", "files")
-    return AudioDataset(clips, cfg, seed, data.strict)
+    return build_media_dataset(data, data.audio_column, AUDIO_FILES,
+                               partial(check, shortest=cfg.shortest, rate=cfg.sample_rate),
+                               lambda clips: AudioDataset(clips, cfg, seed, data.strict), partial(_streamed, cfg=cfg),
+                               seed)
 
 
 class AudioCollator:

@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from multissl.config import DataConfig, RecipeError
-from multissl.core.masking import BERT_MASK, BERT_RANDOM, MaskConfig, bert_mask, sample_mask
+from multissl.core.adapter import StudentView
+from multissl.data.config import DataConfig
+from multissl.data.masking import BERT_MASK, BERT_NONE, BERT_RANDOM, MaskConfig, bert_mask, sample_mask
 from multissl.data.seeds import SeededDataset, example_rng
 from multissl.data.skipping import warn_unrecognised
 from multissl.data.streams import SeededStream
-from multissl.modalities.text import TextConfig
+from multissl.errors import RecipeError
+from multissl.modalities.text.model import TextConfig
 
 log = logging.getLogger(__name__)
 
@@ -209,17 +211,18 @@ def build_text_dataset(cfg: DataConfig, tokenizer, text: TextConfig, seed: int):
 
 
 class TextCollator:
-    """Stacks packed blocks and makes the student's masks: ``M`` clones per sample in v2 (masked
-    tokens are dropped by the model), or <mask> / random / unchanged tokens in v1.
+    """Stacks packed blocks and makes the student's masks: ``M`` clones per sample for a sparse
+    student (masked tokens are dropped by the model), or <mask> / random / unchanged tokens for a
+    dense one.
 
-    >>> c = TextCollator(MaskConfig(kind="random", prob=0.5), TextConfig(8, 10, 1, 0, 2, 4), 2, 2)
+    >>> c = TextCollator(MaskConfig(kind="random", prob=0.5), TextConfig(8, 10, 1, 0, 2, 4), StudentView(False, 2))
     >>> batch = c([{"input_ids": [0, 5, 6, 7, 8, 9, 5, 2], "seed": (1, 0, 0)}])
     >>> batch["mask"].shape, int(batch["mask"][0].sum())
     (torch.Size([2, 8]), 3)
     """
 
-    def __init__(self, mask: MaskConfig, text: TextConfig, version: int, clones: int):
-        self.mask, self.text, self.version, self.clones = mask, text, version, clones
+    def __init__(self, mask: MaskConfig, text: TextConfig, view: StudentView):
+        self.mask, self.text, self.view, self.clones = mask, text, view, view.clones
         specials = [text.pad_token_id, text.bos_token_id, text.eos_token_id, text.mask_token_id]
         self.specials = np.array(sorted({s for s in specials if s >= 0}))
         self.ordinary = np.setdiff1d(np.arange(text.vocab_size), self.specials)
@@ -232,7 +235,7 @@ class TextCollator:
         m = self.clones
         masks = np.zeros((len(examples) * m, t), dtype=bool)
         student = np.repeat(ids, m, axis=0)
-        use_token = self.version == 1 and self.text.mask_with == "token"
+        use_token = self.view.dense and self.text.mask_with == "token"
         for i, e in enumerate(examples):
             rng = example_rng(e["seed"])
             pos = np.flatnonzero(~np.isin(ids[i], self.specials))
@@ -247,6 +250,8 @@ class TextCollator:
                     masks[row, pos] = sample_mask(self.mask, (len(pos),), rng)
                 if use_token:
                     student[row, masks[row]] = self.text.mask_token_id
+                if self.mask.kind == "bert" and self.view.bert_selected:
+                    masks[row, pos] = codes != BERT_NONE
         batch: dict[str, Any] = {"inputs": {"input_ids": torch.from_numpy(ids)}, "mask": torch.from_numpy(masks)}
         if not np.array_equal(student, np.repeat(ids, m, axis=0)):
             batch["student_inputs"] = {"input_ids": torch.from_numpy(student)}

@@ -1,0 +1,21 @@
+"""Objectives, one file each; adding one is adding a file and a line here."""
+
+from multissl.methods.base import Method
+from multissl.methods.data2vec import Data2Vec
+from multissl.methods.mlm import MaskedLM
+
+METHODS: dict[str, type[Method]] = {"data2vec": Data2Vec, "mlm": MaskedLM}
+
+
+def get_method(name: str) -> type[Method]:
+    """The objective registered as ``name``.
+
+    >>> get_method("data2vec").name
+    'data2vec'
+    """
+    if name not in METHODS:
+        raise KeyError(f"method.name: unknown {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "Method", "get_method"]
