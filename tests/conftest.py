@@ -50,6 +50,26 @@ TINY = [
 ]
 
 
+DATA2VEC_KEYS = ("--top_k", "--decoder.", "--ema.")
+
+
+def for_method(args: list[str], recipe: Path) -> list[str]:
+    """``args`` without the overrides of data2vec's own keys when ``recipe`` is another objective's."""
+    import yaml
+
+    name = (yaml.safe_load(Path(recipe).read_text()).get("method") or {}).get("name", "data2vec")
+    if name == "data2vec":
+        return list(args)
+    out, i = [], 0
+    while i < len(args):
+        if args[i].startswith(DATA2VEC_KEYS):
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
 @pytest.fixture
 def tiny_args(tmp_path, kjv_file, tokenizer_dir) -> list[str]:
     """Overrides that make recipes/text/tiny.yaml tiny and point it at the test corpus."""

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from multissl.recipe import RecipeError, load_recipe
 from multissl.train import CollapseError, pretrain
+from tests.conftest import for_method
 from tests.run_driver import StopAt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +113,8 @@ def test_empty_corpus_is_a_one_line_error(tiny_args, tmp_path):
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "text").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_text_recipe_runs_on_a_tiny_model(recipe, tiny_args):
     """Each recipe's objective, masking and schedule, shrunk to a tiny encoder for two updates."""
-    r = load_recipe(recipe, [*tiny_args, "--max_steps", "2", "--warmup_steps", "1", "--decay_steps", "1"])
+    r = load_recipe(recipe, [*for_method(tiny_args, recipe), "--max_steps", "2", "--warmup_steps", "1",
+                             "--decay_steps", "1"])
     run_dir = pretrain(r)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)

@@ -85,13 +85,14 @@ def units(modality: str, cfg: Any, batch: int) -> tuple[str, float]:
 
 
 def collator(modality: str, recipe: Any, cfg: Any) -> Any:
+    from multissl.methods import get_method
     from multissl.modalities.audio.data import AudioCollator
     from multissl.modalities.text.data import TextCollator
     from multissl.modalities.vision.data import ImageCollator
 
     m = recipe.method
     if modality == "text":
-        return TextCollator(recipe.mask, cfg, m.version, m.clones)
+        return TextCollator(recipe.mask, cfg, get_method(m.name).student_view(m))
     return (AudioCollator if modality == "audio" else ImageCollator)(recipe.mask, cfg, m.clones)
 
 

@@ -41,11 +41,13 @@ def corpus_blocks(tok, n_blocks: int, seq: int) -> torch.Tensor:
 def main() -> None:
     from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
 
+    from multissl.core.adapter import StudentView
     from multissl.core.blocks import EncoderConfig
     from multissl.core.decoder import DecoderConfig
     from multissl.core.ema import EMAConfig
     from multissl.data.masking import MaskConfig
     from multissl.methods.data2vec import Data2Vec, Data2VecConfig
+    from multissl.methods.mlm import MaskedLM, MLMConfig
     from multissl.modalities import get_modality
     from multissl.modalities.text.data import TextCollator
     from multissl.modalities.text.model import TextConfig
@@ -93,8 +95,11 @@ def main() -> None:
 
     v1, v2, v2_released = d2v(1, 1), d2v(2, args.clones), d2v(2, args.clones, released)
     student = d2v(1, 1).encoder
-    coll_v1 = TextCollator(MaskConfig(kind="bert", prob=0.15), text_cfg, version=1, clones=1)
-    coll_v2 = TextCollator(MaskConfig(kind="random", prob=0.48), text_cfg, version=2, clones=args.clones)
+    coll_v1 = TextCollator(MaskConfig(kind="bert", prob=0.15), text_cfg, StudentView(dense=True))
+    coll_v2 = TextCollator(MaskConfig(kind="random", prob=0.48), text_cfg, StudentView(dense=False, clones=args.clones))
+    torch.manual_seed(0)
+    ours_mlm = MaskedLM(get_modality("text")(text_cfg), enc, MLMConfig()).train()
+    coll_mlm = TextCollator(MaskConfig(kind="bert", prob=0.15), text_cfg, MaskedLM.student_view(MLMConfig()))
     torch.manual_seed(0)
     mlm = RobertaForMaskedLM(RobertaConfig(
         vocab_size=len(tok), hidden_size=args.dim, num_hidden_layers=args.depth, num_attention_heads=args.heads,
@@ -124,6 +129,7 @@ def main() -> None:
         f"multissl data2vec 2.0 (M={m})": training_step(loss_d2v(v2, coll_v2), v2, args.batch * m, ema=True),
         "  same, released text decoder (groups 1)": training_step(loss_d2v(v2_released, coll_v2), v2_released,
                                                                   args.batch * m, ema=True),
+        "multissl mlm": training_step(loss_d2v(ours_mlm, coll_mlm), ours_mlm, args.batch),
         "HF RobertaForMaskedLM + MLM collator": training_step(loss_mlm, mlm, args.batch),
     }
     medians, views = run_rounds(rows, args.rounds)

@@ -1,10 +1,12 @@
 """Objectives, one file each; adding one is adding a file and a line here."""
 
 from multissl.methods.base import Method
+from multissl.methods.bestrq import BestRQ
 from multissl.methods.data2vec import Data2Vec
+from multissl.methods.mae import MAE
 from multissl.methods.mlm import MaskedLM
 
-METHODS: dict[str, type[Method]] = {"data2vec": Data2Vec, "mlm": MaskedLM}
+METHODS: dict[str, type[Method]] = {"data2vec": Data2Vec, "mlm": MaskedLM, "mae": MAE, "bestrq": BestRQ}
 
 
 def get_method(name: str) -> type[Method]:

@@ -15,11 +15,9 @@ from multissl.modalities.text import Text, TextConfig
 from multissl.modalities.text.data import TextCollator
 from multissl.modalities.text.model import load_tokenizer
 from multissl.recipe import RecipeError, load_recipe
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, for_method
 
-# the tiny overrides of the tests, without data2vec's own keys
-TINY_MLM = [x for k, v in zip(TINY[::2], TINY[1::2], strict=True)
-            if not k.startswith(("--top_k", "--decoder.", "--ema.")) for x in (k, v)]
+TINY_MLM = for_method(TINY, ROOT / "recipes" / "text" / "mlm-tiny.yaml")
 ENC = EncoderConfig(dim=32, depth=2, heads=4, ffn_dim=64, dropout=0.0, attention_dropout=0.0)
 
 
