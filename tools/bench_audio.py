@@ -46,6 +46,7 @@ def main() -> None:
     from multissl.core.decoder import DecoderConfig
     from multissl.core.ema import EMAConfig
     from multissl.data.masking import MaskConfig
+    from multissl.methods.bestrq import BestRQ, BestRQConfig
     from multissl.methods.data2vec import Data2Vec, Data2VecConfig
     from multissl.modalities.audio.data import AudioCollator
     from multissl.modalities.audio.model import Audio, AudioConfig
@@ -81,6 +82,8 @@ def main() -> None:
     student = d2v(1, 1).encoder
     coll_v1 = AudioCollator(MaskConfig(kind="span", prob=0.65, length=10), audio, clones=1)
     coll_v2 = AudioCollator(MaskConfig(kind="block", prob=0.5, length=5, adjust=0.05), audio, clones=args.clones)
+    torch.manual_seed(0)  # the paper's quantiser: one codebook of 8192 16-dim codes
+    bestrq = BestRQ(Audio(AudioConfig(**{**audio.__dict__, "mask_embedding": True})), enc, BestRQConfig()).train()
     torch.manual_seed(0)
     w2v = Wav2Vec2ForPreTraining(Wav2Vec2Config(
         hidden_size=args.dim, num_hidden_layers=args.depth, num_attention_heads=args.heads,
@@ -114,6 +117,7 @@ def main() -> None:
         "student alone (fwd+bwd)": training_step(loss_student, student, args.batch),
         "multissl data2vec v1": training_step(loss_d2v(v1, coll_v1), v1, args.batch, ema=True),
         f"multissl data2vec 2.0 (M={m})": training_step(loss_d2v(v2, coll_v2), v2, args.batch * m, ema=True),
+        "multissl bestrq": training_step(loss_d2v(bestrq, coll_v1), bestrq, args.batch),
         "HF Wav2Vec2ForPreTraining": training_step(loss_w2v, w2v, args.batch),
     }
     medians, views = run_rounds(rows, args.rounds)

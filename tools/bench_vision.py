@@ -58,8 +58,10 @@ def main() -> None:
     from multissl.core.blocks import EncoderConfig
     from multissl.core.decoder import DecoderConfig
     from multissl.core.ema import EMAConfig
+    from multissl.core.mae_decoder import MAEDecoderConfig
     from multissl.data.masking import MaskConfig
     from multissl.methods.data2vec import Data2Vec, Data2VecConfig
+    from multissl.methods.mae import MAE, MAEConfig
     from multissl.modalities.vision.data import ImageCollator, train_transform
     from multissl.modalities.vision.model import Vision, VisionConfig
     from tools.make_images import photos
@@ -106,6 +108,10 @@ def main() -> None:
     torch.manual_seed(0)
     mae = ViTMAEForPreTraining(mae_config(enc, args.image, args.patch)).train()
     mae_init(mae)
+    torch.manual_seed(0)  # multissl's MAE with the same decoder shape as the HF row
+    ours_mae = MAE(Vision(cfg), enc, MAEConfig(decoder=MAEDecoderConfig(dim=enc.dim, depth=2, heads=enc.heads,
+                                                                        ffn_dim=enc.ffn_dim, eps=enc.eps))).train()
+    coll_mae = ImageCollator(MaskConfig(kind="random", prob=0.75), cfg, clones=1)
 
     def batch(i: int) -> torch.Tensor:
         return torch.stack(pixels[i * args.batch:(i + 1) * args.batch])
@@ -125,6 +131,7 @@ def main() -> None:
         "student alone (fwd+bwd)": training_step(loss_student, student, args.batch),
         "multissl data2vec v1": training_step(loss_d2v(v1, coll_v1), v1, args.batch, ema=True),
         f"multissl data2vec 2.0 (M={m})": training_step(loss_d2v(v2, coll_v2), v2, args.batch * m, ema=True),
+        "multissl mae": training_step(loss_d2v(ours_mae, coll_mae), ours_mae, args.batch),
         "HF ViTMAEForPreTraining": training_step(lambda i: mae(pixel_values=batch(i)).loss, mae, args.batch),
     }
     medians, views = run_rounds(rows, args.rounds)

@@ -36,6 +36,26 @@ class StudentView:
     (masked, replaced by a random one, or kept), as BERT's loss does; False: the masked ones only."""
 
 
+@dataclass(frozen=True)
+class PatchGrid:
+    """How a modality cuts its input into a grid of patches (for objectives that draw or rebuild it)."""
+
+    grid: tuple[int, int]
+    """Patches per column and per row."""
+
+    patch: int
+    """A patch's side in pixels."""
+
+    channels: int
+    """Channels per pixel."""
+
+    mean: tuple[float, ...]
+    """Per-channel mean the input was normalised with (``x * std + mean`` undoes it)."""
+
+    std: tuple[float, ...]
+    """Per-channel standard deviation the input was normalised with."""
+
+
 class Modality(ABC):
     """Builds the modality-specific parts of an encoder.
 
@@ -69,6 +89,10 @@ class Modality(ABC):
     def token_embedding(self, local: nn.Module) -> nn.Embedding | None:
         """The input token table of a local encoder, for objectives that predict tokens through tied
         weights (masked language modelling); None for modalities without a vocabulary."""
+        return None
+
+    def patch_grid(self) -> PatchGrid | None:
+        """The patch grid of a modality whose tokens are patches of an image; None otherwise."""
         return None
 
     def token_signal(self, inputs: dict[str, Any], tokens: int) -> torch.Tensor:

@@ -4,10 +4,9 @@ visible ones (and CLS); a light decoder fills the masked positions with a shared
 predicts their pixels; the loss is the mean squared error over the masked patches, on per-patch
 normalised pixels by default. No teacher.
 
-The method needs of its modality a patch grid (``cfg.grid``, ``cfg.patch_size``, ``cfg.channels``)
-and ``token_signal`` (the pixels of each patch, in ViTMAE's patch order); it never asks which
-modality it runs on. The export is the encoder (``ViTModel``), and beside it, in ``pretraining/``,
-the whole model as ``ViTMAEForPreTraining`` (same weights, same loss for the same masking).
+The method needs of its modality a patch grid (``patch_grid()``) and ``token_signal`` (the pixels of
+each patch, in ViTMAE's patch order); it never asks which modality it runs on. The export is the
+encoder (``ViTModel``), and beside it, in ``pretraining/``, the whole model as ``ViTMAEForPreTraining`` (same weights, same loss for the same masking).
 
 >>> model = MAE(vision_adapter, EncoderConfig(), MAEConfig())  # doctest: +SKIP
 >>> model(**collator(examples))["loss"]  # doctest: +SKIP
@@ -21,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from multissl.core.adapter import Modality, StudentView
+from multissl.core.adapter import Modality, PatchGrid, StudentView
 from multissl.core.blocks import EncoderConfig
 from multissl.core.distributed import global_mean
 from multissl.core.encoder import extend_padding, gather_kept, mean_over
@@ -56,15 +55,11 @@ class MAEConfig:
         self.decoder.validate(f"{where}.decoder")
 
 
-def _patch_grid(modality: Modality) -> tuple[tuple[int, int], int, int]:
-    """(grid (rows, columns), patch side, channels) the adapter exposes in its config."""
-    cfg = modality.cfg
-    try:
-        grid, patch, channels = tuple(cfg.grid), int(cfg.patch_size), int(cfg.channels)
-    except AttributeError:
-        raise ValueError(f"method mae needs a patch grid (adapter grid, patch_size, channels): modality "
-                         f"{modality.name!r} has none") from None
-    return (int(grid[0]), int(grid[1])), patch, channels
+def _patch_grid(modality: Modality) -> PatchGrid:
+    grid = modality.patch_grid()
+    if grid is None:
+        raise ValueError(f"method mae rebuilds image patches: modality {modality.name!r} has no patch grid")
+    return grid
 
 
 class MAE(Method):
@@ -91,7 +86,8 @@ class MAE(Method):
 
     def __init__(self, modality: Modality, encoder: EncoderConfig, cfg: MAEConfig, run_steps: int = 0):
         super().__init__(modality, encoder, cfg, run_steps)
-        self.grid, self.patch, self.channels = _patch_grid(modality)
+        self.pixels = _patch_grid(modality)
+        self.grid, self.patch, self.channels = self.pixels.grid, self.pixels.patch, self.pixels.channels
         self.decoder = MAEDecoder(cfg.decoder, encoder.dim, self.grid, self.patch, self.channels)
         self.modality = modality  # a plain attribute (not a module): the pixel targets and statistics
         # The masked share of the training batches, saved with the weights for the HF export's
@@ -176,10 +172,9 @@ class MAE(Method):
             pred = pred * (var + NORM_PIX_EPS) ** 0.5 + mean
         m = mask[..., None]
         shown = [target, torch.where(m, torch.full_like(target, float("nan")), target), torch.where(m, pred, target)]
-        cfg = self.modality.cfg
         c = self.channels
-        mean = torch.tensor(getattr(cfg, "mean", (0.0,) * c), device=device).view(1, c, 1, 1)
-        std = torch.tensor(getattr(cfg, "std", (1.0,) * c), device=device).view(1, c, 1, 1)
+        mean = torch.tensor(self.pixels.mean, device=device).view(1, c, 1, 1)
+        std = torch.tensor(self.pixels.std, device=device).view(1, c, 1, 1)
         cols = []
         for patches in shown:
             img = unpatchify(patches, self.grid, self.patch) * std + mean  # back to [0, 1]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from multissl.core.adapter import Modality, StudentView
+from multissl.core.adapter import Modality, PatchGrid, StudentView
 from multissl.core.blocks import EncoderConfig
 from multissl.core.decoder import Decoder2d, DecoderConfig
 from multissl.core.hf_names import from_hf_names, to_hf_names
@@ -152,6 +152,10 @@ class Vision(Modality):
 
     def build_decoder(self, cfg: DecoderConfig, dim: int) -> nn.Module:
         return Decoder2d(cfg, dim, self.cfg.grid)
+
+    def patch_grid(self) -> PatchGrid:
+        c = self.cfg
+        return PatchGrid(tuple(c.grid), c.patch_size, c.channels, tuple(c.mean), tuple(c.std))
 
     def token_signal(self, inputs: dict[str, Any], tokens: int) -> torch.Tensor:
         """The pixels of each patch (B, N, patch * patch * C), in ``ViTMAEForPreTraining.patchify``'s order."""
