@@ -6,7 +6,8 @@ normalised pixels by default. No teacher.
 
 The method needs of its modality a patch grid (``patch_grid()``) and ``token_signal`` (the pixels of
 each patch, in ViTMAE's patch order); it never asks which modality it runs on. The export is the
-encoder (``ViTModel``), and beside it, in ``pretraining/``, the whole model as ``ViTMAEForPreTraining`` (same weights, same loss for the same masking).
+encoder (``ViTModel``), and beside it, in ``pretraining/``, the whole model as
+``ViTMAEForPreTraining`` (same weights, same loss for the same masking).
 
 >>> model = MAE(vision_adapter, EncoderConfig(), MAEConfig())  # doctest: +SKIP
 >>> model(**collator(examples))["loss"]  # doctest: +SKIP
