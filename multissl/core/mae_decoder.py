@@ -18,6 +18,7 @@ from torch import nn
 from multissl.core.blocks import Blocks, EncoderConfig
 from multissl.core.hf_names import from_hf_names, to_hf_names
 from multissl.core.init import BERT_STD, bert_init
+from multissl.core.positions import sincos_2d
 
 # multissl block tensor -> ViTMAELayer module (transformers 5 names)
 HF_DECODER_BLOCK_NAMES = {
@@ -82,22 +83,13 @@ def mae_sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
     raster order. The first half of each vector encodes the patch's column as [sin | cos] over
     ``dim // 4`` frequencies from 1 to 1/10000, the second half its row, which is the layout of the
     reference ``get_2d_sincos_pos_embed`` and of transformers' ``ViTMAEDecoder.decoder_pos_embed``.
-    (``multissl.modalities.vision.sincos_2d`` puts the row first: its halves are swapped.)
+    (The vision adapter's positions put the row first: its halves are swapped.)
 
     >>> p = mae_sincos_2d(2, 3, 8)
     >>> p.shape, p[0].abs().sum().item(), p[1 + 4].tolist()[:2], p[1 + 4].tolist()[4:6]  # row 1, column 1
     (torch.Size([7, 8]), 0.0, [0.8414709568023682, 0.009999833069741726], [0.8414709568023682, 0.009999833069741726])
     """
-    if dim % 4:
-        raise ValueError(f"decoder.dim ({dim}) must be a multiple of 4 for sin-cos positions")
-    freq = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                                indexing="ij")
-    parts = []
-    for coord in (cols.flatten(), rows.flatten()):
-        angle = coord[:, None] * freq[None]
-        parts += [angle.sin(), angle.cos()]
-    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), torch.cat(parts, 1)]).float()
+    return torch.cat([torch.zeros(1, dim), sincos_2d(height, width, dim, column_first=True)])
 
 
 class MAEDecoder(nn.Module):

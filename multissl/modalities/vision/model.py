@@ -22,6 +22,7 @@ from multissl.core.adapter import Modality, PatchGrid, StudentView
 from multissl.core.blocks import EncoderConfig
 from multissl.core.decoder import Decoder2d, DecoderConfig
 from multissl.core.hf_names import from_hf_names, to_hf_names
+from multissl.core.positions import sincos_2d
 
 # multissl block tensor -> ViT layer module
 HF_BLOCK_NAMES = {
@@ -116,26 +117,6 @@ class VisionContext(nn.Module):
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, x], 1) + self.position_embeddings)
-
-
-def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D positions (height * width, dim), rows in raster order: the first half of each vector
-    encodes the row as [sin | cos] over ``dim // 4`` frequencies from 1 to 1/10000, the second half
-    the column the same way; ``dim`` must be a multiple of 4.
-
-    >>> sincos_2d(2, 3, 8).shape
-    torch.Size([6, 8])
-    """
-    if dim % 4:
-        raise ValueError(f"encoder.dim ({dim}) must be a multiple of 4 for sin-cos positions")
-    freq = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                                indexing="ij")
-    parts = []
-    for coord in (rows.flatten(), cols.flatten()):
-        angle = coord[:, None] * freq[None]
-        parts += [angle.sin(), angle.cos()]
-    return torch.cat(parts, 1).float()
 
 
 class Vision(Modality):
