@@ -50,7 +50,7 @@ TINY = [
 ]
 
 
-DATA2VEC_KEYS = ("--top_k", "--decoder.", "--ema.")
+DATA2VEC_KEYS = ("--top_k", "--decoder.", "--ema.", "--clones", "--method.clones", "--method.mask_noise_std")
 
 
 def for_method(args: list[str], recipe: Path) -> list[str]:
