@@ -103,7 +103,7 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
             log.info("export parity: max abs difference %.2e over the %s logits", diff, task[0])
         card = model_card(recipe, type(reloaded).__name__, which, last_metrics(run_dir), out.name)
         (tmp / "README.md").write_text(card)
-        whole = model.hf_pretraining() if which == "student" else None
+        whole = model.hf_pretraining(recipe.mask) if which == "student" else None
         if whole is not None:  # the whole pretraining model, for continuing it with transformers
             whole.save_pretrained(tmp / "pretraining")
     return out

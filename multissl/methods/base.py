@@ -58,9 +58,10 @@ class Method(TeacherStudent):
         """What the exported task class outputs as ``logits`` for ``inputs`` (checked on export)."""
         return None
 
-    def hf_pretraining(self) -> Any:
+    def hf_pretraining(self, mask: Any) -> Any:
         """The whole pretraining model as a Hugging Face class where one exists (MAE:
-        ``ViTMAEForPreTraining``), exported beside the encoder in ``pretraining/``; None: none."""
+        ``ViTMAEForPreTraining``, its mask ratio from the recipe's ``mask`` section), exported beside
+        the encoder in ``pretraining/``; None: none."""
         return None
 
     def snapshot(self, batch: dict[str, Any], folder: Path, step: int) -> None:

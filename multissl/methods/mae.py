@@ -91,9 +91,6 @@ class MAE(Method):
         self.grid, self.patch, self.channels = self.pixels.grid, self.pixels.patch, self.pixels.channels
         self.decoder = MAEDecoder(cfg.decoder, encoder.dim, self.grid, self.patch, self.channels)
         self.modality = modality  # a plain attribute (not a module): the pixel targets and statistics
-        # The masked share of the training batches, saved with the weights for the HF export's
-        # mask_ratio (the model is built without the recipe's mask section).
-        self.register_buffer("mask_ratio", torch.tensor(0.75))
 
     def reconstruct(
         self, inputs: dict[str, torch.Tensor], mask: torch.Tensor
@@ -111,8 +108,6 @@ class MAE(Method):
 
     def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
         pred, x, xpad, mask = self.reconstruct(inputs, mask)
-        with torch.no_grad():
-            self.mask_ratio.fill_(float(mask.float().mean()))
         target = self.modality.token_signal(inputs, pred.shape[1])
         count = int(mask.sum())
         loss = global_mean(mae_loss(pred, target, mask, self.cfg.norm_pix) * count, count)
@@ -120,16 +115,17 @@ class MAE(Method):
         return {"loss": loss, "pred_var": compute_var(pred[mask]),
                 "student_rank": effective_rank(mean_over(x[:, e:], xpad[:, e:]))}
 
-    def hf_mask_ratio(self, length: int) -> float:
-        """The ``mask_ratio`` under which ViTMAE keeps as many of ``length`` patches as training did
-        (it keeps ``int(length * (1 - mask_ratio))``)."""
-        ratio = float(self.mask_ratio)
+    @staticmethod
+    def hf_mask_ratio(prob: float, length: int) -> float:
+        """The ``mask_ratio`` under which ViTMAE keeps as many of ``length`` patches as masking with
+        ``prob`` does (ViTMAE keeps ``int(length * (1 - mask_ratio))``)."""
+        ratio = prob
         masked = round(ratio * length)
         if int(length * (1 - ratio)) != length - masked:  # float rounding: aim between two counts
             ratio = (masked - 0.5) / length
         return ratio
 
-    def hf_pretraining(self) -> Any:
+    def hf_pretraining(self, mask: Any) -> Any:
         """``ViTMAEForPreTraining`` with this model's weights: the encoder under ``vit.`` (the adapter's
         HF names, its position table included: multissl's sin-cos table has its row and column halves
         in the other order than ViTMAE's, and the export writes multissl's, so the encoder computes
@@ -144,7 +140,7 @@ class MAE(Method):
         config = ViTMAEConfig(**{k: getattr(vit, k) for k in keys}, decoder_hidden_size=d.dim,
                               decoder_num_hidden_layers=d.depth, decoder_num_attention_heads=d.heads,
                               decoder_intermediate_size=d.ffn_dim, norm_pix_loss=self.cfg.norm_pix,
-                              mask_ratio=self.hf_mask_ratio(self.grid[0] * self.grid[1]))
+                              mask_ratio=self.hf_mask_ratio(mask.prob, self.grid[0] * self.grid[1]))
         model = ViTMAEForPreTraining(config)
         encoder = self.modality.to_hf_state_dict(self.encoder.state_dict(), enc)
         decoder = to_hf_decoder_state(self.decoder.state_dict(), d, self.grid)

@@ -51,7 +51,7 @@ def test_loss_equals_transformers_vitmae(image_dirs, norm_pix):
     assert mask.shape == (4, 16) and (mask.sum(1) == 12).all()
     with torch.no_grad():
         ours = model(**batch)["loss"]
-    hf = model.hf_pretraining()
+    hf = model.hf_pretraining(MaskConfig(kind="random", prob=0.75))
     assert hf.config.mask_ratio == 0.75 and hf.config.norm_pix_loss is norm_pix
     # ViTMAE keeps the patches of smallest noise: kept ones below 1, masked ones above, in a shuffled order
     noise = mask.float() + torch.rand(mask.shape) * 0.5
