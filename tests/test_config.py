@@ -11,6 +11,10 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml
 def test_every_recipe_loads_and_validates(path):
     recipe = load_recipe(path)
     assert recipe.train.output_dir == "" and recipe.data.path == ""  # no hard-coded paths
+    # the short overrides users and tools pass mean one key in every objective's recipe
+    short = load_recipe(path, ["--seed", "2", "--lr", "1e-4", "--max_steps", "3", "--batch_size", "2", "--data", "d/",
+                               "--output_dir", "o/", "--precision", "fp32", "--logging_steps", "1"])
+    assert (short.train.seed, short.train.max_steps, short.data.path) == (2, 3, "d/")
 
 
 def test_text_recipes_follow_the_reference():

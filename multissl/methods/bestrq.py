@@ -1,5 +1,5 @@
 """BEST-RQ (Chiu et al. 2022, arXiv 2202.01855): a frozen random projection and a frozen random codebook
-(l2-normalised, seeded by ``method.seed``, saved with the run) quantise the modality's token signal (for
+(l2-normalised, seeded by ``method.quantizer_seed``, saved with the run) quantise the modality's token signal (for
 speech the normalised log-mel frame under each conv frame) into code indices; the student sees the masked
 input (masked frames replaced by the local encoder's learned mask embedding) and predicts the codes of the
 masked frames with a softmax per codebook, cross-entropy on masked frames only. No teacher.
@@ -51,7 +51,7 @@ class BestRQConfig:
     """Codebooks, each with its own projection and softmax head; the loss averages over them (the paper:
     1, and 16 for its 0.6B model)."""
 
-    seed: int = 0
+    quantizer_seed: int = 0
     """Seed of the quantiser's projection and codebooks, independent of ``train.seed``: the same seed
     gives the same targets whatever the model's initialisation."""
 
@@ -65,8 +65,8 @@ class BestRQConfig:
                 raise ValueError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
         if self.codebook_size < 2:
             raise ValueError(f"{where}.codebook_size must be >= 2, got {self.codebook_size}")
-        if self.seed < 0:
-            raise ValueError(f"{where}.seed must be >= 0, got {self.seed}")
+        if self.quantizer_seed < 0:
+            raise ValueError(f"{where}.quantizer_seed must be >= 0, got {self.quantizer_seed}")
 
 
 class BestRQ(Method):
@@ -89,7 +89,7 @@ class BestRQ(Method):
         super().__init__(modality, encoder, cfg, run_steps)
         self.modality = modality  # a plain attribute (an adapter is no nn.Module), not in the state dict
         self.quantizer = RandomProjectionQuantizer(cfg.signal_dim, cfg.code_dim, cfg.codebook_size, cfg.codebooks,
-                                                   cfg.seed)
+                                                   cfg.quantizer_seed)
         self.head = nn.Linear(encoder.dim, cfg.codebooks * cfg.codebook_size)
         self.head.apply(bert_init)
 

@@ -22,7 +22,7 @@ from tests.conftest import ROOT, TINY_AUDIO
 TINY_BESTRQ = [x for k, v in zip(TINY_AUDIO[::2], TINY_AUDIO[1::2], strict=True)
                if not k.startswith(("--top_k", "--decoder.", "--ema.", "--clones")) for x in (k, v)]
 ENC = EncoderConfig(dim=32, depth=2, heads=4, ffn_dim=64, norm="post", eps=1e-5, dropout=0.0, attention_dropout=0.0)
-CFG = BestRQConfig(code_dim=8, codebook_size=64, codebooks=2, seed=3)
+CFG = BestRQConfig(code_dim=8, codebook_size=64, codebooks=2, quantizer_seed=3)
 
 
 def _audio(mask_embedding: bool = True) -> Audio:
@@ -87,7 +87,7 @@ def test_quantizer_is_seeded_by_the_method_and_saved():
     a = BestRQ(_audio(), ENC, CFG)
     torch.manual_seed(1)
     b = BestRQ(_audio(), ENC, CFG)
-    c = BestRQ(_audio(), ENC, BestRQConfig(code_dim=8, codebook_size=64, codebooks=2, seed=4))
+    c = BestRQ(_audio(), ENC, BestRQConfig(code_dim=8, codebook_size=64, codebooks=2, quantizer_seed=4))
     sa = a.state_dict()
     assert {"quantizer.projection", "quantizer.codebook"} <= set(sa) and not any(k.startswith("modality") for k in sa)
     assert not [n for n, _ in a.named_parameters() if n.startswith("quantizer")]
