@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import torch
 from torch import nn
@@ -19,9 +20,10 @@ from torch import nn
 
 @dataclass
 class EMAConfig:
-    """Teacher decay schedule: linear from ``decay`` to ``end_decay`` over the first updates of the
-    run, then constant. Its position is the optimiser step (as the learning rate's is), so the two
-    schedules never drift apart; an update skipped for a non-finite loss moves neither weights."""
+    """Teacher decay schedule: from ``decay`` to ``end_decay`` over the first updates of the run
+    (linearly, as data2vec does, or along a half cosine, as BYOL and DINO do), then constant. Its
+    position is the optimiser step (as the learning rate's is), so the two schedules never drift
+    apart; an update skipped for a non-finite loss moves neither weights."""
 
     decay: float = 0.999
     """Decay at the first update."""
@@ -35,6 +37,10 @@ class EMAConfig:
     anneal_fraction: float = 0.0
     """> 0: anneal over this fraction of the run's ``train.max_steps`` instead of ``anneal_steps``,
     so that the teacher reaches its end decay whatever the run's length."""
+
+    shape: Literal["linear", "cosine"] = "linear"
+    """linear: ``end - (end - decay) * (1 - t)``; cosine: ``end - (end - decay) * (cos(pi t) + 1) / 2``
+    (BYOL, DINO), with ``t`` the share of the anneal done."""
 
     max_init_share: float = 0.0
     """> 0: where the schedule would leave more than this share of each teacher weight at its initial
@@ -77,23 +83,32 @@ def annealed_decay(step: int, cfg: EMAConfig, run_steps: int = 0) -> float:
     >>> round(math.prod(annealed_decay(s, fast, 100) for s in range(100)), 6)  # 91% without the cap
     0.05
     """
-    scale = _speed_up(cfg.decay, cfg.end_decay, cfg.anneal_length(run_steps), run_steps, cfg.max_init_share)
-    return 1.0 - scale * (1.0 - _linear_decay(step, cfg.decay, cfg.end_decay, cfg.anneal_length(run_steps)))
+    length = cfg.anneal_length(run_steps)
+    scale = _speed_up(cfg.decay, cfg.end_decay, length, run_steps, cfg.max_init_share, cfg.shape)
+    return 1.0 - scale * (1.0 - _scheduled_decay(step, cfg.decay, cfg.end_decay, length, cfg.shape))
 
 
-def _linear_decay(step: int, decay: float, end_decay: float, length: int) -> float:
+def _scheduled_decay(step: int, decay: float, end_decay: float, length: int, shape: str = "linear") -> float:
+    """
+    >>> _scheduled_decay(5, 0.9, 1.0, 10, "cosine"), _scheduled_decay(10, 0.9, 1.0, 10, "cosine")
+    (0.95, 1.0)
+    """
     if step >= length:
         return end_decay
-    return end_decay - (end_decay - decay) * (1.0 - step / length)
+    left = 1.0 - step / length  # share of the anneal still to come
+    if shape == "cosine":
+        left = (math.cos(math.pi * step / length) + 1.0) / 2.0
+    return end_decay - (end_decay - decay) * left
 
 
 @lru_cache(maxsize=16)
-def _speed_up(decay: float, end_decay: float, length: int, run_steps: int, max_share: float) -> float:
+def _speed_up(decay: float, end_decay: float, length: int, run_steps: int, max_share: float,
+              shape: str = "linear") -> float:
     """The factor on ``1 - decay`` that leaves ``max_share`` of the teacher at its initial value after
     ``run_steps`` updates, or 1 where the schedule already leaves less (found by bisection)."""
     if max_share <= 0 or run_steps <= 0:
         return 1.0
-    gaps = [1.0 - _linear_decay(s, decay, end_decay, length) for s in range(run_steps)]
+    gaps = [1.0 - _scheduled_decay(s, decay, end_decay, length, shape) for s in range(run_steps)]
 
     def log_share(c: float) -> float:
         return sum(math.log1p(-min(c * g, 1.0 - 1e-12)) for g in gaps)

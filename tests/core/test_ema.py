@@ -54,3 +54,40 @@ def test_bf16_student_averages_into_fp32_shadow():
     EMA([(student, teacher)]).step(0.0)
     assert teacher.weight.dtype == torch.float32
     assert torch.equal(teacher.weight, student.weight.float())
+
+
+def test_cosine_schedule_is_byols_formula():
+    """BYOL (Grill et al. 2020, sec. 3.2): tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2."""
+    import math
+
+    cfg = EMAConfig(decay=0.996, end_decay=1.0, anneal_fraction=1.0, shape="cosine")
+    for k in (0, 1, 37, 50, 99, 100, 150):
+        want = 1 - (1 - 0.996) * (math.cos(math.pi * min(k, 100) / 100) + 1) / 2
+        assert annealed_decay(k, cfg, run_steps=100) == pytest.approx(want, abs=1e-12)
+
+
+def test_a_declared_head_is_averaged_and_left_out_of_the_exported_encoder():
+    from multissl.core.teacher import TeacherStudent
+
+    class Tiny(TeacherStudent):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Module()
+            self.encoder.local, self.encoder.context = nn.Linear(2, 2), nn.Identity()
+            self.encoder.blocks, self.encoder.norm = nn.Linear(2, 2), nn.Identity()
+            self.head = nn.Linear(2, 3)
+            self.init_teacher(["local", "blocks"], (), EMAConfig(decay=0.5, end_decay=0.5, anneal_steps=0), 10,
+                              heads=["head"])
+
+    torch.manual_seed(0)
+    m = Tiny()
+    before = m.teacher["head"].weight.clone()
+    with torch.no_grad():
+        m.head.weight.add_(1.0)
+    m.ema_step()
+    assert torch.allclose(m.teacher["head"].weight, 0.5 * before + 0.5 * m.head.weight)
+    assert set(m.teacher.keys()) == {"local", "blocks", "head"}
+    merged = m.teacher_encoder()
+    assert not hasattr(merged, "head") and torch.equal(merged.blocks.weight, m.teacher["blocks"].weight)
+    m.reset_teacher()
+    assert torch.equal(m.teacher["head"].weight, m.head.weight)
