@@ -44,6 +44,11 @@ class Encoder(nn.Module):
             states.append(x)
         return states, pad
 
+    def encode(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's output (B, E + T, D), final norm applied, and its padding mask (B, E + T)."""
+        states, pad = self(inputs)
+        return self.norm(states[-1]), pad
+
 
 def mean_over(x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     """(B, T, D) averaged over each row's non-padding positions (True in ``pad`` is padding)."""
