@@ -1,5 +1,6 @@
 """The rest of the family (Barlow Twins, VICReg, SimSiam, SwAV, DeepCluster v2) against independent naive
-implementations of the papers' definitions, in float64 numpy with loops, on fixed small batches."""
+implementations of the papers' definitions, in float64 numpy with loops, on fixed small batches; and every
+loss that multiplies matrices keeps float32 under bf16 autocast."""
 
 import numpy as np
 import pytest
@@ -7,8 +8,15 @@ import torch
 
 from multissl.core.losses.barlow_twins import barlow_twins_loss
 from multissl.core.losses.deepcluster import deepcluster_loss
+from multissl.core.losses.dino import dino_loss
+from multissl.core.losses.koleo import koleo_loss
+from multissl.core.losses.mocov3 import mocov3_loss
+from multissl.core.losses.nnclr import nnclr_loss
+from multissl.core.losses.ntxent import ntxent_loss
+from multissl.core.losses.pirl import pirl_loss
 from multissl.core.losses.simsiam import simsiam_loss
 from multissl.core.losses.sinkhorn import sinkhorn_knopp
+from multissl.core.losses.supcon import supcon_loss
 from multissl.core.losses.swav import swav_codes, swav_loss
 from multissl.core.losses.vicreg import vicreg_loss
 
@@ -145,3 +153,27 @@ def test_deepcluster_v2_is_cross_entropy_against_kmeans_assignments():
     assert deepcluster_loss(scores, torch.full((b,), -1)).item() == 0.0
     with pytest.raises(ValueError, match="deepcluster"):
         deepcluster_loss(scores, assignments[:3])
+
+
+def test_losses_compute_their_products_in_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    codes = torch.rand(2, 16, 32, generator=g)
+    views, negatives = torch.randn(4, 16, 32, generator=g), torch.randint(0, 16, (16, 5), generator=g)
+    losses = {
+        "dino": lambda: dino_loss(views, views[:2], torch.zeros(32)),
+        "koleo": lambda: koleo_loss(z1),
+        "ntxent": lambda: ntxent_loss(z1, z2),
+        "supcon": lambda: supcon_loss(torch.stack([z1, z2], 1), torch.arange(16) % 3),
+        "mocov3": lambda: mocov3_loss(z1, z2),
+        "nnclr": lambda: nnclr_loss(z1, z2, views[2]),
+        "pirl": lambda: pirl_loss(z1, z2, views[3], torch.arange(16), negatives),
+        "barlow_twins": lambda: barlow_twins_loss(z1, z2),
+        "vicreg": lambda: vicreg_loss(z1, z2),
+        "swav": lambda: swav_loss(views, codes / codes.sum(-1, keepdim=True)),
+    }
+    for name, loss in losses.items():
+        plain = loss()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under = loss()
+        assert under.dtype == torch.float32 and torch.allclose(under, plain, rtol=1e-5), name

@@ -42,7 +42,9 @@ def barlow_twins_loss(
     count = all_sum(z1.new_tensor(float(z1.shape[0])))
     if count < 2:
         raise ValueError(f"barlow_twins: the global batch needs at least 2 rows, got {int(count)}")
-    c = all_sum_with_grad(_standardise(z1, count, eps).T @ _standardise(z2, count, eps)) / count
+    with torch.autocast(device_type=z1.device.type, enabled=False):  # float32 products even under autocast
+        products = _standardise(z1, count, eps).T @ _standardise(z2, count, eps)
+    c = all_sum_with_grad(products) / count
     on_diagonal = (1.0 - c.diagonal()).pow(2).sum()
     off_diagonal = c.pow(2).sum() - c.diagonal().pow(2).sum()
     return on_diagonal + off_diagonal_weight * off_diagonal

@@ -55,7 +55,8 @@ def dino_cross_entropy(student_logits: torch.Tensor, teacher_probs: torch.Tensor
         raise ValueError(f"dino: student_temp must be > 0, got {student_temp}")
     log_p = F.log_softmax(student_logits.float() / student_temp, dim=-1)
     # ce[i, j]: cross-entropy of teacher view i against student view j, averaged over the samples
-    ce = -torch.einsum("ibk,jbk->ij", teacher_probs.float(), log_p) / student_logits.shape[1]
+    with torch.autocast(device_type=log_p.device.type, enabled=False):  # float32 products even under autocast
+        ce = -torch.einsum("ibk,jbk->ij", teacher_probs.float(), log_p) / student_logits.shape[1]
     other = ~torch.eye(n_teacher, n_student, dtype=torch.bool, device=ce.device)
     return ce[other].mean()
 

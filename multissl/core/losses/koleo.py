@@ -25,7 +25,7 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"koleo: expected features (B, D) with B >= 2, got {tuple(features.shape)}")
     x = F.normalize(features.float(), dim=-1, eps=NORMALIZE_EPS)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
         # on unit vectors the nearest neighbour is the one with the largest dot product
         dots = x @ x.T
         dots.fill_diagonal_(-3.0)

@@ -33,4 +33,6 @@ def mocov3_loss(query: torch.Tensor, key: torch.Tensor, temperature: float = 0.2
     q = F.normalize(query.float(), dim=-1)
     keys = all_gather_rows(F.normalize(key.detach().float(), dim=-1))
     positive = torch.arange(q.shape[0], device=q.device) + rows_before(q.shape[0], q.device)
-    return F.cross_entropy(q @ keys.T / temperature, positive) * (2 * temperature)
+    with torch.autocast(device_type=q.device.type, enabled=False):  # float32 products even under autocast
+        logits = q @ keys.T / temperature
+    return F.cross_entropy(logits, positive) * (2 * temperature)

@@ -21,7 +21,7 @@ def nearest_neighbours(z: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
     if z.ndim != 2 or queue.ndim != 2 or queue.shape[1] != z.shape[1] or queue.shape[0] < 1:
         raise ValueError(f"nnclr: expected embeddings (N, D) and a non-empty queue (Q, D), got {tuple(z.shape)} and "
                          f"{tuple(queue.shape)}")
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
         support = F.normalize(queue.float(), dim=-1)
         return support[(F.normalize(z.float(), dim=-1) @ support.T).argmax(dim=1)]
 
@@ -42,7 +42,9 @@ def nnclr_loss(z: torch.Tensor, other: torch.Tensor, queue: torch.Tensor, temper
         raise ValueError(f"nnclr: expected both views (N, D), got {tuple(z.shape)} and {tuple(other.shape)}")
     if temperature <= 0:
         raise ValueError(f"nnclr: temperature must be > 0, got {temperature}")
-    logits = nearest_neighbours(z, queue) @ F.normalize(other.float(), dim=-1).T / temperature
+    neighbours = nearest_neighbours(z, queue)
+    with torch.autocast(device_type=z.device.type, enabled=False):  # float32 products even under autocast
+        logits = neighbours @ F.normalize(other.float(), dim=-1).T / temperature
     return F.cross_entropy(logits, torch.arange(z.shape[0], device=logits.device))
 
 

@@ -42,7 +42,8 @@ def ntxent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, ga
     total = all1.shape[0]
     anchors = torch.cat([z1, z2])  # (2n, D): this rank's embeddings
     candidates = torch.cat([all1, all2])  # (2 total, D): view-1 rows of every rank, then view-2 rows
-    logits = anchors @ candidates.T / temperature
+    with torch.autocast(device_type=anchors.device.type, enabled=False):  # float32 products even under autocast
+        logits = anchors @ candidates.T / temperature
     local = torch.arange(n, device=z1.device) + offset
     itself = torch.cat([local, local + total])
     partner = torch.cat([local + total, local])

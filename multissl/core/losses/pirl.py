@@ -25,7 +25,8 @@ def _nce(positive: torch.Tensor, x: torch.Tensor, negatives: torch.Tensor, tempe
     noise = torch.tensor(log_noise, device=x.device)
     s_pos = (positive * x).sum(-1) / temperature
     log_h = s_pos - torch.logaddexp(s_pos, noise)
-    s_neg = torch.einsum("bd,bnd->bn", x, negatives) / temperature
+    with torch.autocast(device_type=x.device.type, enabled=False):  # float32 products even under autocast
+        s_neg = torch.einsum("bd,bnd->bn", x, negatives) / temperature
     log_not_h = noise - torch.logaddexp(s_neg, noise)
     return -log_h - log_not_h.sum(-1)
 

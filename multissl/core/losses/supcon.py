@@ -57,7 +57,8 @@ def supcon_loss(
     itself = itself.reshape(-1)
     is_itself = torch.zeros(views * n, views * total, dtype=torch.bool, device=z.device)
     is_itself[torch.arange(views * n, device=z.device), itself] = True
-    logits = (anchors @ candidates.T / temperature).masked_fill(is_itself, float("-inf"))
+    with torch.autocast(device_type=anchors.device.type, enabled=False):  # float32 products even under autocast
+        logits = (anchors @ candidates.T / temperature).masked_fill(is_itself, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positive = (anchor_labels[:, None] == candidate_labels[None, :]) & ~is_itself
     n_positive = positive.sum(1)

@@ -54,6 +54,7 @@ def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.
     n_coded, n_views = codes.shape[0], scores.shape[0]
     log_p = F.log_softmax(scores.float() / temperature, dim=-1)
     # ce[s, t]: codes of view s against the prediction of view t, averaged over samples
-    ce = -torch.einsum("sbk,tbk->st", codes.detach().float(), log_p) / scores.shape[1]
+    with torch.autocast(device_type=log_p.device.type, enabled=False):  # float32 products even under autocast
+        ce = -torch.einsum("sbk,tbk->st", codes.detach().float(), log_p) / scores.shape[1]
     other = ~torch.eye(n_coded, n_views, dtype=torch.bool, device=ce.device)
     return ce[other].mean()

@@ -26,7 +26,8 @@ def _variance(z: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
 
 def _covariance(z: torch.Tensor) -> torch.Tensor:
     z = z - z.mean(dim=0)
-    cov = z.T @ z / (z.shape[0] - 1)
+    with torch.autocast(device_type=z.device.type, enabled=False):  # float32 products even under autocast
+        cov = z.T @ z / (z.shape[0] - 1)
     return (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / z.shape[1]
 
 
