@@ -96,6 +96,8 @@ def test_supcon_without_any_positive_is_zero_and_with_distinct_labels_is_ntxent(
     assert as_supcon.item() == pytest.approx(ntxent_loss(z1, z2, temperature=0.3).item(), rel=1e-5)
     with pytest.raises(ValueError, match="supcon: expected"):
         supcon_loss(torch.randn(4, 2, 3), torch.arange(5))
+    with pytest.raises(ValueError, match="supcon: need at least 2 embeddings"):
+        supcon_loss(torch.randn(1, 3), torch.arange(1))
 
 
 def test_mocov3_is_infonce_over_the_batch_keys_times_two_tau():

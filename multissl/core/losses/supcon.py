@@ -49,6 +49,8 @@ def supcon_loss(
     else:
         everyone, all_labels, offset = z, labels, 0
     total = everyone.shape[0]
+    if views * total < 2:
+        raise ValueError(f"supcon: need at least 2 embeddings in the batch, got {views * total}")
     # view-major order: embedding (v, i) is row v * n (anchors) or v * total (candidates) + i
     anchors = z.transpose(0, 1).reshape(views * n, dim)
     candidates = everyone.transpose(0, 1).reshape(views * total, dim)
