@@ -57,3 +57,77 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts, strict=True)])
+
+
+def rank() -> int:
+    """This process's data-parallel rank (0 without a process group)."""
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+def all_max(x: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum of ``x`` over ranks (no gradient flows through it).
+
+    >>> all_max(torch.tensor([1.0, 2.0])).tolist()
+    [1.0, 2.0]
+    """
+    x = x.detach().clone()
+    if world_size() > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
+def rows_before(rows: int, device: torch.device | str = "cpu") -> int:
+    """How many rows the ranks before this one hold, given that this one holds ``rows``: where this
+    rank's rows start in :func:`all_gather_rows` or :func:`all_gather_with_grad` (0 on one rank).
+
+    >>> rows_before(5)
+    0
+    """
+    if world_size() == 1:
+        return 0
+    return sum(_row_counts(rows, torch.device(device))[: rank()])
+
+
+def _row_counts(rows: int, device: torch.device) -> list[int]:
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([rows], dtype=torch.long, device=device))
+    return [int(c.item()) for c in counts]
+
+
+def all_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over ranks, differentiable: the gradient of every rank's loss flows back to every
+    rank's ``x`` (summed). A loss computed from the sum is the same on each rank, so each rank's
+    gradient is ``world_size()`` times that of the global loss, and DDP's average over ranks gives it.
+    Without a process group, ``x`` itself.
+
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> all_sum_with_grad(x) is x
+    True
+    """
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(x.contiguous())
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` from every rank, concatenated in rank order, differentiable: the gradient that
+    any rank's loss sends to a row flows back to the rank that produced it (a plain ``all_gather``
+    drops it, so negatives from other ranks would not be pushed away). Ranks may hold different
+    numbers of rows. Without a process group, ``x`` itself.
+
+    >>> x = torch.ones(2, 3, requires_grad=True)
+    >>> all_gather_with_grad(x) is x
+    True
+    """
+    n = world_size()
+    if n == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    counts = _row_counts(x.shape[0], x.device)
+    most = max(counts)
+    padded = torch.cat([x, x.new_zeros(most - x.shape[0], *x.shape[1:])]) if most > x.shape[0] else x
+    parts = all_gather(padded.contiguous())
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
