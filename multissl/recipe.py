@@ -33,8 +33,9 @@ from multissl.methods import get_method
 from multissl.methods.data2vec import Data2VecConfig
 from multissl.modalities import get_modality
 
-__all__ = ["RECIPES", "CardConfig", "DataConfig", "Recipe", "RecipeError", "RecipeInfo", "TrainConfig", "find_recipe",
-           "from_dict", "keys_help", "load_recipe", "parse_overrides", "recipe_info", "shipped_recipes"]
+__all__ = ["RECIPES", "CardConfig", "DataConfig", "Recipe", "RecipeError", "RecipeInfo", "TrainConfig", "describe",
+           "field_docs", "find_recipe", "from_dict", "keys_help", "load_recipe", "parse_overrides", "recipe_info",
+           "shipped_recipes", "type_name"]
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 """The recipes shipped inside the package (package data, so they come with the wheel)."""
