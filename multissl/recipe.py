@@ -216,13 +216,15 @@ def _plain(x: Any) -> Any:
     return x
 
 
-# Why not pydantic (tried, 2.14): a TypeAdapter over these dataclasses (extra="forbid", its errors
-# translated to ours) passes tests/test_config.py, but its lax mode turns booleans into numbers
-# (`lr: true` trains at 1.0, `--compile 1` is True) and only strict mode stops that, which also refuses
-# what recipes rely on ("1e-3" strings as floats: YAML 1.1 reads 1e-3 as a string; lists for tuples;
-# 1.0 for ints). Comma-separated lists ("--report_to none,wandb") would need a marker on every list
-# field, and the table mapping pydantic's error types to one-line messages is about as long as this
-# function. It would also add ~0.2 s (import and schema build) to the first load. So: hand-written.
+# Why not pydantic (tried with 2.14): validating these dataclasses through a pydantic model with
+# extra="forbid" (TypeAdapter takes no config for a dataclass), its errors translated to ours, passes
+# tests/test_config.py, but lax mode turns booleans into numbers (`lr: true` trains at 1.0; `--compile 1`
+# is True) and only strict mode stops that, which also refuses what recipes rely on: "1e-3" as a float
+# (PyYAML reads 1e-3 as a string), a list for a tuple, 1.0 for an int. Comma-separated lists
+# (`--report_to none,wandb`) would need a marker on every list field, the method section still needs
+# its own pass (its class depends on its name), and the table mapping pydantic's error types to our
+# one-line messages is about as long as this function. It also adds ~0.2 s (import, schema build) to
+# the first load. So the coercion stays hand-written.
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -415,7 +417,7 @@ def find_recipe(recipe: str | Path) -> Path:
     if name in names:
         return RECIPES / f"{name}.yaml"
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    known = f"did you mean {', '.join(close)}?" if close else f"shipped: {', '.join(names)}"
+    known = f"did you mean {', '.join(close)}?" if close else "multissl recipes lists the shipped ones"
     raise RecipeError(f"recipe {recipe}: no such file, and no shipped recipe of that name ({known})")
 
 

@@ -105,6 +105,10 @@ def test_python_values_set_the_keys_the_command_line_does():
                                report_to="none", betas=[0.9, 0.95])
     assert api.to_dict() == load_recipe("text/tiny", tokens).to_dict()
     assert multissl.load_recipe("text/mlm-tiny", method__name="mlm").method.name == "mlm"
+    again = multissl.load_recipe(api, max_steps=3)  # a Recipe object takes overrides too
+    assert again.train.max_steps == 3 and again.method.ema.decay == 0.5 and api.train.max_steps == 7
+    with pytest.raises(RecipeError, match=r"recipe /no/such.yaml: no such file.*multissl recipes lists"):
+        multissl.load_recipe("/no/such.yaml")
     with pytest.raises(RecipeError, match=r"unknown override --max_stepz \(did you mean --max_steps\?\)"):
         multissl.load_recipe("text/tiny", max_stepz=3)
     with pytest.raises(RecipeError, match="train.max_steps: expected an integer, got 'many'"):
