@@ -34,7 +34,7 @@ def _keys(overrides: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("__", "."): value for key, value in overrides.items()}
 
 
-def load_recipe(recipe: str | Path | Recipe | None = None, **overrides: Any) -> Recipe:
+def load_recipe(recipe: str | Path | Recipe | None = None, /, **overrides: Any) -> Recipe:
     """The recipe ``recipe`` (a shipped recipe's name such as ``"text/tiny"``, a YAML file, or a
     :class:`~multissl.recipe.Recipe`) with ``overrides`` applied (recipe keys, see the module's
     docstring), validated. None starts from the defaults.
@@ -49,7 +49,8 @@ def load_recipe(recipe: str | Path | Recipe | None = None, **overrides: Any) -> 
     return load(recipe, values=_keys(overrides))
 
 
-def pretrain(recipe: str | Path | Recipe, *, resume: bool = False, overwrite: bool = False, **overrides: Any) -> Path:
+def pretrain(recipe: str | Path | Recipe, /, *, resume: bool = False, overwrite: bool = False,
+             **overrides: Any) -> Path:
     """Pretrain an encoder as ``recipe`` says, with ``overrides`` (recipe keys, see the module's
     docstring); returns the run folder (``train.output_dir``). ``resume`` continues the run there;
     ``overwrite`` replaces a non-empty one. What ``multissl pretrain RECIPE --key value ...`` runs.
@@ -133,7 +134,7 @@ def show_recipe(name: str | Path) -> str:
     return find_recipe(name).read_text()
 
 
-def recipe_keys(recipe: str | Path | Recipe | None = None, **overrides: Any) -> str:
+def recipe_keys(recipe: str | Path | Recipe | None = None, /, **overrides: Any) -> str:
     """Every key of ``recipe`` (with ``overrides``) with its type, value and docstring, by section:
     what ``multissl pretrain RECIPE --help`` prints.
 
