@@ -13,34 +13,56 @@ STOP_ERRORS = {"multissl.train": ("CollapseError", "NonFiniteError", "Preempted"
 
 
 def _pretrain(args: argparse.Namespace, rest: list[str]) -> None:
-    from multissl.recipe import load_recipe
-    from multissl.train import pretrain
+    from multissl import api
+    from multissl.recipe import RecipeError, parse_overrides
 
-    recipe = load_recipe(args.recipe, rest)
-    run_dir = pretrain(recipe, resume=args.resume, overwrite=args.overwrite)
+    overrides = parse_overrides(rest)
+    if args.help:  # the recipe's keys are read first: a bad recipe or key is the one-line error alone
+        keys = api.recipe_keys(args.recipe, **overrides) if args.recipe else ""
+        print(args.parser.format_help() + ("\n" + keys if keys else ""), end="")
+        return
+    if not args.recipe:
+        raise RecipeError("pretrain needs a recipe: a YAML file or a shipped recipe's name (multissl recipes)")
+    run_dir = api.pretrain(args.recipe, resume=args.resume, overwrite=args.overwrite, **overrides)
     print(f"run saved in {run_dir}")
 
 
-def _export(args: argparse.Namespace, rest: list[str]) -> None:
-    from multissl.export.hf import export
+def _recipes(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl import api
 
-    out = export(args.run_dir, args.out_dir, which=args.which, arch=args.arch, overwrite=args.overwrite)
+    if args.recipes_command == "show":
+        print(api.show_recipe(args.name), end="")
+        return
+    found = api.recipes()
+    rows = [("name", "modality", "method", "description")] + [(r.name, r.modality, r.method, r.description)
+                                                                for r in found]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    print("\nmultissl recipes show NAME prints one (to copy and edit); multissl pretrain NAME --help lists its keys.")
+
+
+def _export(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl import api
+
+    out = api.export(args.run_dir, args.out_dir, which=args.which, arch=args.arch, overwrite=args.overwrite)
     print(f"exported {args.which} to {out}")
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> None:
-    from multissl.export.hub import push
+    from multissl import api
 
-    url = push(args.model_dir, args.repo_id, token=args.token, private=args.private, endpoint=args.endpoint)
+    url = api.push(args.model_dir, args.repo_id, token=args.token, private=args.private, endpoint=args.endpoint)
     print(f"pushed to {url}")
 
 
 def _probe(args: argparse.Namespace, rest: list[str]) -> None:
-    from multissl.probe import format_table, probe
+    from multissl import api
+    from multissl.probe import format_table
 
-    results = probe(args.model_dir, args.data, label_column=args.label_column, input_column=args.input_column,
-                    folds=args.folds, seeds=args.seeds, seed=args.seed, baseline=args.baseline,
-                    max_samples=args.max_samples, pool=args.pool, k=args.k)
+    results = api.probe(args.model_dir, args.data, label_column=args.label_column, input_column=args.input_column,
+                        folds=args.folds, seeds=args.seeds, seed=args.seed, baseline=args.baseline,
+                        max_samples=args.max_samples, pool=args.pool, k=args.k)
     print(format_table(results))
 
 
@@ -109,14 +131,30 @@ def _word2vec_eval(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from multissl import __version__
+
     p = argparse.ArgumentParser(prog="multissl", description="Self-supervised pretraining for text, speech, vision.")
+    p.add_argument("--version", action="version", version=f"multissl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("pretrain", help="pretrain an encoder from a recipe; any --key value overrides it")
-    s.add_argument("recipe")
+    s = sub.add_parser("pretrain", add_help=False,
+                       help="pretrain an encoder from a recipe; any --key value overrides it",
+                       description="Pretrain an encoder as RECIPE says. Any key of the recipe can be set after it with "
+                                   "--key value (--max_steps 100, --method.ema.decay 0.999, --data corpus/); "
+                                   "'multissl pretrain RECIPE --help' lists them all, with their types, values and "
+                                   "what they do.")
+    s.add_argument("recipe", nargs="?", help="a YAML file, or the name of a shipped recipe such as text/tiny "
+                                             "(multissl recipes lists them)")
+    s.add_argument("-h", "--help", action="store_true", help="show this help and, with RECIPE, every key of it")
     s.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
-    s.set_defaults(func=_pretrain, extra=True)
+    s.set_defaults(func=_pretrain, extra=True, parser=s)
+
+    s = sub.add_parser("recipes", help="list the shipped recipes ('recipes show NAME' prints one)")
+    rsub = s.add_subparsers(dest="recipes_command")
+    r = rsub.add_parser("show", help="print a recipe, to copy and edit")
+    r.add_argument("name", help="a shipped recipe's name, e.g. text/tiny")
+    s.set_defaults(func=_recipes)
 
     s = sub.add_parser("export", help="write a run's encoder as a Hugging Face model folder")
     s.add_argument("run_dir")

@@ -1,15 +1,23 @@
 """Recipes: typed, validated configuration read from YAML, every key overridable on the command line.
 
-Unknown keys and wrong types are errors that name the key (and suggest the closest known one).
+Unknown keys and wrong types are errors that name the key (and suggest the closest known one). The
+recipes shipped with multissl live in ``multissl/recipes/<modality>/<name>.yaml`` and are addressed by
+name (``text/tiny``) wherever a recipe file is taken.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
 import os
+import re
+import textwrap
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +33,12 @@ from multissl.methods import get_method
 from multissl.methods.data2vec import Data2VecConfig
 from multissl.modalities import get_modality
 
-__all__ = ["CardConfig", "DataConfig", "Recipe", "RecipeError", "TrainConfig", "from_dict", "load_recipe"]
+__all__ = ["RECIPES", "CardConfig", "DataConfig", "Recipe", "RecipeError", "RecipeInfo", "TrainConfig", "describe",
+           "field_docs", "find_recipe", "from_dict", "keys_help", "load_recipe", "parse_overrides", "recipe_info",
+           "shipped_recipes", "type_name"]
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+"""The recipes shipped inside the package (package data, so they come with the wheel)."""
 
 
 @dataclass
@@ -203,6 +216,15 @@ def _plain(x: Any) -> Any:
     return x
 
 
+# Why not pydantic (tried with 2.14): validating these dataclasses through a pydantic model with
+# extra="forbid" (TypeAdapter takes no config for a dataclass), its errors translated to ours, passes
+# tests/test_config.py, but lax mode turns booleans into numbers (`lr: true` trains at 1.0; `--compile 1`
+# is True) and only strict mode stops that, which also refuses what recipes rely on: "1e-3" as a float
+# (PyYAML reads 1e-3 as a string), a list for a tuple, 1.0 for an int. Comma-separated lists
+# (`--report_to none,wandb`) would need a marker on every list field, the method section still needs
+# its own pass (its class depends on its name), and the table mapping pydantic's error types to our
+# one-line messages is about as long as this function. It also adds ~0.2 s (import, schema build) to
+# the first load. So the coercion stays hand-written.
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -255,7 +277,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list | tuple):
             raise RecipeError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+        if origin is tuple and Ellipsis not in args:
             if len(value) != len(args):
                 raise RecipeError(f"{key}: expected {len(args)} values, got {len(value)}")
             return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
@@ -305,8 +327,9 @@ def _method_config(value: Any, key: str) -> Any:
     return from_dict(method_class(value), value, key)
 
 
-def _leaf_paths(cls: type, prefix: str = "", method: type = Data2VecConfig) -> list[str]:
-    out = []
+@functools.cache
+def _leaf_paths(cls: type, prefix: str = "", method: type = Data2VecConfig) -> tuple[str, ...]:
+    out: list[str] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
@@ -316,7 +339,7 @@ def _leaf_paths(cls: type, prefix: str = "", method: type = Data2VecConfig) -> l
             out += _leaf_paths(hints[f.name], path + ".")
         else:
             out.append(path)
-    return out
+    return tuple(out)
 
 
 ALIASES = {"data": "data.path", "tokenizer": "data.tokenizer"}
@@ -328,7 +351,7 @@ def resolve_key(key: str, modality: str, method: type = Data2VecConfig) -> list[
     key = key.replace("-", "_")
     if key in ALIASES:
         return ALIASES[key].split(".")
-    paths = _leaf_paths(Recipe, method=method)
+    paths = list(_leaf_paths(Recipe, method=method))
     try:
         paths += _leaf_paths(get_modality(modality).config_class, "adapter.")
     except KeyError:
@@ -344,57 +367,98 @@ def resolve_key(key: str, modality: str, method: type = Data2VecConfig) -> list[
     raise RecipeError(f"unknown override --{key}" + (f" (did you mean --{close[0]}?)" if close else ""))
 
 
-def _override_value(overrides: list[str], key: str) -> str | None:
-    """The value given to ``--key`` (as ``--key value`` or ``--key=value``) in ``overrides``, if any."""
-    for i, token in enumerate(overrides):
-        if token == f"--{key}" and i + 1 < len(overrides):
-            return overrides[i + 1]
-        if token.startswith(f"--{key}="):
-            return token.split("=", 1)[1]
-    return None
+def parse_overrides(tokens: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Command-line ``--key value``, ``--key=value`` and bare ``--flag`` (true) tokens as {key: value},
+    each value read as YAML (``5`` an int, ``[0.9, 0.95]`` a list, ``none`` a string).
 
-
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe and apply ``--key value`` overrides, then validate.
-
-    >>> load_recipe(None, ["--max_steps", "5"]).train.max_steps
-    5
+    >>> parse_overrides(["--max_steps", "5", "--betas=[0.9, 0.95]", "--strict"])
+    {'max_steps': 5, 'betas': [0.9, 0.95], 'strict': True}
     """
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise RecipeError(f"recipe {p}: no such file")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"recipe {p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"recipe {p}: the top level must be a mapping")
-    overrides = list(overrides or [])
-    modality = str(raw.get("modality", "text"))
-    method = _override_value(overrides, "method.name") or (raw.get("method") or {}).get("name", "data2vec")
-    method_cls = method_class({"name": method})
+    out: dict[str, Any] = {}
     i = 0
-    while i < len(overrides):
-        token = overrides[i]
+    while i < len(tokens):
+        token = tokens[i]
         if not token.startswith("--"):
             raise RecipeError(f"override {token!r}: expected --key value")
         key, eq, value = token[2:].partition("=")
         if not eq:
-            if i + 1 >= len(overrides) or overrides[i + 1].startswith("--"):
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
                 value = "true"  # a bare flag
             else:
                 i += 1
-                value = overrides[i]
+                value = tokens[i]
+        out.pop(key, None)  # a repeated key counts where it was last given
+        out[key] = yaml.safe_load(value) if value != "" else ""
+        i += 1
+    return out
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the recipes shipped with multissl (``modality/name``), sorted.
+
+    >>> "text/tiny" in shipped_recipes()
+    True
+    """
+    return sorted(p.relative_to(RECIPES).with_suffix("").as_posix() for p in RECIPES.glob("*/*.yaml"))
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """The file of ``recipe``: a path to a YAML file, or the name of a shipped recipe (``text/tiny``;
+    ``text/tiny.yaml`` and ``recipes/text/tiny.yaml`` also name it). A file of that path wins.
+
+    >>> find_recipe("text/tiny").name
+    'tiny.yaml'
+    """
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    name = path.as_posix().removesuffix(".yaml").removeprefix("recipes/")
+    names = shipped_recipes()
+    if name in names:
+        return RECIPES / f"{name}.yaml"
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    known = f"did you mean {', '.join(close)}?" if close else "multissl recipes lists the shipped ones"
+    raise RecipeError(f"recipe {recipe}: no such file, and no shipped recipe of that name ({known})")
+
+
+def _read(recipe: str | Path) -> dict[str, Any]:
+    path = find_recipe(recipe)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path}: the top level must be a mapping")
+    return raw
+
+
+def load_recipe(path: str | Path | Recipe | None, overrides: list[str] | None = None,
+                values: Mapping[str, Any] | None = None) -> Recipe:
+    """Read a recipe (a YAML file, the name of a shipped one such as ``text/tiny``, or a :class:`Recipe`),
+    apply the command-line ``overrides`` (``--key value`` tokens) and then ``values`` (key -> Python
+    value, the keys spelled as in overrides: ``method.ema.decay``, ``max_steps``, ``data``), then validate.
+
+    >>> load_recipe(None, ["--max_steps", "5"]).train.max_steps
+    5
+    >>> load_recipe("text/tiny", values={"method.ema.decay": 0.99}).method.ema.decay
+    0.99
+    """
+    if isinstance(path, Recipe):
+        raw, path = path.to_dict(), None
+    else:
+        raw = _read(path) if path else {}
+    changes = {**parse_overrides(overrides or []), **(values or {})}
+    modality = str(raw.get("modality", "text"))
+    section = raw.get("method") if isinstance(raw.get("method"), dict) else {}
+    method_cls = method_class({"name": changes.get("method.name", section.get("name", "data2vec"))})
+    for key, value in changes.items():
         path_ = resolve_key(key, modality, method_cls)
         node = raw
         for part in path_[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"override --{key}: '{part}' is not a section")
-        node[path_[-1]] = yaml.safe_load(value) if value != "" else ""
-        i += 1
+        node[path_[-1]] = str(value) if isinstance(value, os.PathLike) else value
     where = f"recipe {path}: " if path else ""
     try:
         recipe = from_dict(Recipe, raw)
@@ -402,3 +466,155 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     except RecipeError as e:
         raise RecipeError(where + str(e)) from None
     return recipe
+
+
+@dataclass
+class RecipeInfo:
+    """A shipped recipe, as ``multissl recipes`` lists it."""
+
+    name: str
+    """What ``multissl pretrain`` takes, e.g. ``text/tiny``."""
+
+    modality: str
+    """The recipe's ``modality``."""
+
+    method: str
+    """The objective's ``method.name``, with its version where it has one (``data2vec v2``)."""
+
+    description: str
+    """The first sentence of the recipe's leading comment, its remarks in parentheses left out."""
+
+    path: Path
+    """The file."""
+
+
+def describe(text: str) -> str:
+    r"""The first sentence of the comment block that opens a recipe, without the remarks in parentheses.
+
+    >>> describe("# A tiny encoder (4 blocks): fast. Used by tests.\nmodality: text\n")
+    'A tiny encoder'
+    """
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    summary = " ".join(lines)
+    while (shorter := re.sub(r"\s*\([^()]*\)", "", summary)) != summary:
+        summary = shorter
+    return re.split(r"[.:;](?:\s|$)", summary, maxsplit=1)[0].strip()
+
+
+def recipe_info(name: str) -> RecipeInfo:
+    """Modality, method and description of a recipe (loaded and validated, so they are what a run uses).
+
+    >>> recipe_info("text/mlm-tiny").method
+    'mlm'
+    """
+    path = find_recipe(name)
+    recipe = load_recipe(path)
+    method = recipe.method.name
+    if getattr(recipe.method, "version", None) is not None:
+        method += f" v{recipe.method.version}"
+    return RecipeInfo(name, recipe.modality, method, describe(path.read_text()), path)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring of each field of dataclass ``cls``: the string literal under the field in its
+    source (base classes included). Fields without one are missing.
+
+    >>> field_docs(TrainConfig)["max_steps"]
+    'Optimiser updates.'
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # bases first: a subclass's text wins
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError, IndexError, AttributeError):
+            continue  # no source (a built-in, a frozen install): the help shows no text
+        for node, after in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def type_name(tp: Any) -> str:
+    """A field's type as the help shows it.
+
+    >>> type_name(tuple[int, ...]), type_name(Literal["a", "b"]), type_name(float | None)
+    ('tuple[int, ...]', "'a' | 'b'", 'float | None')
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if tp is type(None):
+        return "None"
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _yaml(value: Any) -> str:
+    return yaml.safe_dump(_plain(value), default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+
+
+def _short_name(path: str, modality: str, method: type) -> str | None:
+    """The shorter override that means ``path`` (an alias or its unique last part), if any."""
+    for alias, target in ALIASES.items():
+        if target == path:
+            return alias
+    leaf = path.rsplit(".", 1)[-1]
+    if leaf == path:
+        return None
+    try:
+        return leaf if resolve_key(leaf, modality, method) == path.split(".") else None
+    except RecipeError:
+        return None
+
+
+def keys_help(recipe: Recipe, name: str = "", width: int = 100) -> str:
+    """Every key of ``recipe`` with its type, value and docstring, grouped by section: generated from
+    the dataclasses (the adapter's and the method's config classes included), so it cannot drift.
+
+    >>> "--train.max_steps, --max_steps  int = 1000" in keys_help(load_recipe(None))
+    True
+    """
+    method = type(recipe.method)
+    hints, section_docs = typing.get_type_hints(Recipe), field_docs(Recipe)
+    out = [textwrap.fill(f"Keys of {name or 'the recipe'} and their values (overrides given included). Set any "
+                         "with --key value after the recipe; the short form after a comma (a key's last part, "
+                         "where no other key ends the same way) works as well.", width)]
+
+    def row(path: str, tp: Any, value: Any, doc: str) -> None:
+        short = _short_name(path, recipe.modality, method)
+        out.append(f"  --{path}{f', --{short}' if short else ''}  {type_name(tp)} = {_yaml(value)}")
+        if doc:
+            out.append(textwrap.fill(" ".join(doc.split()), width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+
+    def rows(obj: Any, prefix: str) -> None:
+        types_, docs = typing.get_type_hints(type(obj)), field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                rows(value, f"{prefix}{f.name}.")
+            else:
+                row(prefix + f.name, types_[f.name], value, docs.get(f.name, ""))
+
+    sections = []
+    out += ["", "top level:"]
+    for f in dataclasses.fields(Recipe):
+        value = recipe.adapter_config() if f.name == "adapter" else getattr(recipe, f.name)
+        if dataclasses.is_dataclass(value):
+            sections.append((f.name, value))
+        else:  # modality, init_from
+            row(f.name, hints[f.name], value, section_docs.get(f.name, ""))
+    for key, value in sections:
+        label = f"{key} ({type(value).__name__})" if key in ("adapter", "method") else key
+        out += ["", textwrap.fill(f"{label}: {' '.join(section_docs.get(key, '').split())}", width)]
+        rows(value, f"{key}.")
+    return "\n".join(out) + "\n"

@@ -61,3 +61,48 @@ def test_audio_cli_scan_strict_pretrain_export_probe(tmp_path, speech_dir, digit
                  "--input-column", "path"]) == 0
     table = capsys.readouterr().out
     assert "layer-weighted" in table and "majority class" in table
+
+
+def test_pretrain_help_lists_the_recipes_keys(capsys):
+    assert main(["pretrain", "recipes/vision/tiny.yaml", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: multissl pretrain")
+    for line in ("adapter (VisionConfig): ", "  --adapter.patch_size, --patch_size  int = 4",
+                 "      Side of a square patch.",
+                 "method (Data2VecConfig): ", "  --method.version, --version  1 | 2 = 2",
+                 "  --train.max_steps, --max_steps  int = 600", "      Optimiser updates.",
+                 "  --data.path, --data  str = ''"):
+        assert line in out
+    # a mistyped key is still the one-line error naming it, help or not
+    assert main(["pretrain", "recipes/vision/tiny.yaml", "--patch_sise", "8", "--help"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == \
+        "multissl: error: unknown override --patch_sise (did you mean --patch_size?)"
+
+
+def test_recipes_lists_and_shows_the_shipped_recipes(capsys):
+    from pathlib import Path
+
+    import yaml
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    root = Path(__file__).resolve().parents[1] / "multissl" / "recipes"
+    files = sorted(root.glob("*/*.yaml"))
+    assert len(files) >= 16
+    for path in files:
+        name = f"{path.parent.name}/{path.stem}"
+        [row] = [line.split() for line in lines if line.startswith(name + " ")]
+        method = (yaml.safe_load(path.read_text()).get("method") or {}).get("name", "data2vec")
+        assert row[1] == path.parent.name and row[2] == method
+    assert main(["recipes", "show", "text/tiny"]) == 0
+    assert capsys.readouterr().out == (root / "text" / "tiny.yaml").read_text()
+    assert main(["recipes", "show", "text/tinny"]) == 2
+    assert "did you mean text/tiny" in capsys.readouterr().err
+
+
+def test_version():
+    import multissl
+
+    out = subprocess.run([sys.executable, "-m", "multissl", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"multissl {multissl.__version__}"

@@ -1,8 +1,12 @@
+import dataclasses
+import inspect
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from multissl.recipe import RecipeError, load_recipe
+from multissl.recipe import RecipeError, keys_help, load_recipe, recipe_info, shipped_recipes
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 
@@ -71,3 +75,92 @@ def test_override_errors():
         load_recipe(None, ["--adapter.max_len", "3"])
     with pytest.raises(RecipeError, match="no such file"):
         load_recipe("missing.yaml")
+
+
+def test_recipes_by_name_path_or_link(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    by_path = load_recipe(root / "multissl" / "recipes" / "text" / "tiny.yaml").to_dict()
+    for name in ("text/tiny", "text/tiny.yaml", "recipes/text/tiny.yaml", root / "recipes" / "text" / "tiny.yaml"):
+        assert load_recipe(name).to_dict() == by_path
+    assert shipped_recipes() == sorted(str(p.relative_to(root / "recipes").with_suffix(""))
+                                       for p in (root / "recipes").glob("*/*.yaml"))
+    with pytest.raises(RecipeError, match=r"^recipe text/tinny: no such file.*did you mean text/tiny") as e:
+        load_recipe("text/tinny")
+    assert "\n" not in str(e.value)
+    own = tmp_path / "text" / "tiny.yaml"  # a file of that path wins over the shipped recipe
+    own.parent.mkdir()
+    own.write_text("modality: text\ntrain: {max_steps: 3}\n")
+    assert load_recipe(own).train.max_steps == 3
+
+
+def test_python_values_set_the_keys_the_command_line_does():
+    tokens = ["--method.ema.decay", "0.5", "--max_steps", "7", "--data", "c", "--lr", "1e-3", "--report_to", "none",
+              "--betas", "[0.9, 0.95]"]
+    values = {"method.ema.decay": 0.5, "max_steps": 7, "data": Path("c"), "lr": 1e-3, "report_to": ["none"],
+              "betas": (0.9, 0.95)}
+    assert load_recipe("text/tiny", values=values).to_dict() == load_recipe("text/tiny", tokens).to_dict()
+    import multissl
+
+    api = multissl.load_recipe("text/tiny", method__ema__decay=0.5, max_steps=7, data="c", lr=1e-3,
+                               report_to="none", betas=[0.9, 0.95])
+    assert api.to_dict() == load_recipe("text/tiny", tokens).to_dict()
+    assert multissl.load_recipe("text/mlm-tiny", method__name="mlm").method.name == "mlm"
+    again = multissl.load_recipe(api, max_steps=3)  # a Recipe object takes overrides too
+    assert again.train.max_steps == 3 and again.method.ema.decay == 0.5 and api.train.max_steps == 7
+    with pytest.raises(RecipeError, match=r"recipe /no/such.yaml: no such file.*multissl recipes lists"):
+        multissl.load_recipe("/no/such.yaml")
+    with pytest.raises(RecipeError, match=r"unknown override --max_stepz \(did you mean --max_steps\?\)"):
+        multissl.load_recipe("text/tiny", max_stepz=3)
+    with pytest.raises(RecipeError, match="train.max_steps: expected an integer, got 'many'"):
+        multissl.load_recipe("text/tiny", max_steps="many")
+
+
+def test_fixed_length_tuples_are_checked():
+    with pytest.raises(RecipeError, match=r"adapter.mean: expected 3 values, got 2"):
+        load_recipe("vision/tiny", ["--mean", "[0.5, 0.5]"])
+    assert load_recipe("vision/tiny", ["--mean", "[0.5, 0.5, 0.5]"]).adapter_config().mean == (0.5, 0.5, 0.5)
+
+
+def test_recipe_list_reads_each_file():
+    for name in shipped_recipes():
+        info = recipe_info(name)
+        text = info.path.read_text()
+        raw = yaml.safe_load(text)
+        method = raw.get("method") or {}
+        assert info.modality == name.split("/")[0] == raw["modality"]
+        assert info.method.split()[0] == method.get("name", "data2vec")
+        assert info.description and "\n" not in info.description and text.startswith("#")
+    assert recipe_info("text/tiny").description == ("A data2vec text encoder that learns something in a few "
+                                                    "minutes on a 2-core CPU")
+    assert recipe_info("text/tiny").method == "data2vec v1" and recipe_info("vision/tiny").method == "data2vec v2"
+
+
+def _leaves(obj, prefix):
+    """(dotted key, value, class, field name) of every leaf of a config, walked here independently."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, type(obj), f.name
+
+
+@pytest.mark.parametrize("name", ["vision/tiny", "text/mlm-tiny", "audio/bestrq-tiny", "vision/mae-tiny"])
+def test_keys_help_shows_every_key_with_type_value_and_docstring(name):
+    recipe = load_recipe(name, ["--max_steps", "17"])
+    text = keys_help(recipe, name)
+    lines = text.splitlines()
+    sections = {"encoder": recipe.encoder, "adapter": recipe.adapter_config(), "method": recipe.method,
+                "mask": recipe.mask, "health": recipe.health, "data": recipe.data, "train": recipe.train}
+    shown = [line for line in lines if line.startswith("  --")]
+    expected = [leaf for key, section in sections.items() for leaf in _leaves(section, f"{key}.")]
+    assert len(shown) == len(expected) + 2 + 3  # + modality, init_from, the card's three keys
+    for key, value, cls, field_name in expected:
+        [i] = [i for i, line in enumerate(lines) if re.match(rf"  --{re.escape(key)}[ ,]", line)]
+        assert yaml.safe_load(lines[i].split(" = ", 1)[1]) == (list(value) if isinstance(value, tuple) else value)
+        # the docstring: the string literal under the field in its class's source, read here with a regex
+        doc = re.search(rf"\n    {field_name}: [^\n]*\n    \"\"\"(.*?)\"\"\"", inspect.getsource(cls), re.S).group(1)
+        first = " ".join(lines[i + 1].split())
+        assert lines[i + 1].startswith("      ") and " ".join(doc.split()).startswith(first), key
+    assert f"adapter ({type(sections['adapter']).__name__})" in text
+    assert "  --train.max_steps, --max_steps  int = 17" in text
