@@ -66,6 +66,12 @@ def _probe(args: argparse.Namespace, rest: list[str]) -> None:
     print(format_table(results))
 
 
+def _views(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl.views_picture import views_picture
+
+    print(f"views of {args.n} examples drawn in {views_picture(args.recipe, rest, args.out, args.n)}")
+
+
 def _audio_scan(args: argparse.Namespace, rest: list[str]) -> None:
     from multissl.modalities.audio.data import find_audio, scan, scan_report
     from multissl.modalities.audio.model import AudioConfig
@@ -186,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probe")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_probe)
+
+    s = sub.add_parser("views", help="draw the augmented views a recipe makes (a row per example); any --key "
+                                     "value overrides the recipe, e.g. --data")
+    s.add_argument("recipe")
+    s.add_argument("--out", required=True, help="the PNG to write")
+    s.add_argument("--n", type=int, default=8, help="examples (rows)")
+    s.set_defaults(func=_views, extra=True)
 
     s = sub.add_parser("audio", help="speech data tools")
     asub = s.add_subparsers(dest="audio_command", required=True)

@@ -151,6 +151,10 @@ class Recipe:
     adapter: dict[str, Any] = field(default_factory=dict)
     """Modality adapter settings (checked against the adapter's own config)."""
 
+    views: dict[str, Any] = field(default_factory=dict)
+    """Augmented views, for objectives that compare views of a sample (checked against the modality's
+    views config)."""
+
     method: Any = field(default_factory=Data2VecConfig, metadata={"parse": "method"})
     """The objective: ``name`` picks it (default data2vec) and types the rest of the section."""
 
@@ -180,6 +184,20 @@ class Recipe:
             raise RecipeError(str(e.args[0])) from None
         return from_dict(cls, self.adapter, "adapter")
 
+    def views_config(self) -> Any:
+        """The views section parsed into the modality's views class (None: the modality makes no views)."""
+        try:
+            cls = get_modality(self.modality).views_class
+        except KeyError as e:
+            raise RecipeError(str(e.args[0])) from None
+        wanted = get_method(self.method.name).student_view(self.method).views
+        if cls is None and (wanted or self.views):
+            raise RecipeError(f"views: modality {self.modality!r} makes no augmented views"
+                              + (f" (method {self.method.name!r} compares views)" if wanted else ""))
+        if self.views and not wanted:
+            raise RecipeError(f"views: method {self.method.name!r} takes no augmented views (remove the section)")
+        return from_dict(cls, self.views, "views") if cls is not None else None
+
     def validate(self) -> None:
         """Check every section; raises :class:`RecipeError` naming the key."""
         try:
@@ -188,6 +206,9 @@ class Recipe:
             adapter = self.adapter_config()
             if hasattr(adapter, "validate"):
                 adapter.validate("adapter")
+            views = self.views_config()
+            if views is not None:
+                views.validate("views")
         except RecipeError:
             raise
         except ValueError as e:
@@ -351,6 +372,8 @@ def resolve_key(key: str, modality: str, method: type = Data2VecConfig) -> list[
     key = key.replace("-", "_")
     if key in ALIASES:
         return ALIASES[key].split(".")
+    if key.startswith("views."):  # checked against the modality's views class when the recipe is built
+        return key.split(".")
     paths = list(_leaf_paths(Recipe, method=method))
     try:
         paths += _leaf_paths(get_modality(modality).config_class, "adapter.")

@@ -26,6 +26,7 @@ from multissl.callbacks import (
 from multissl.checkpoints import checkpoints, latest_good
 from multissl.core.adapter import Modality
 from multissl.data.streams import PositionCollator, SeededStream, StreamRecord
+from multissl.data.views import ViewCollator, save_views_picture
 from multissl.methods import Method, get_method
 from multissl.modalities import get_modality
 from multissl.recipe import Recipe, RecipeError
@@ -53,6 +54,8 @@ KEPT_ON_RESUME = (*MODEL_SECTIONS, "train.batch_size", "train.grad_accum", "trai
                   "data.streaming", "data.shuffle_buffer")
 # Where the run lives is not part of it: a run folder may move (to a disk with room, say).
 IGNORED_ON_RESUME = ("train.output_dir",)
+# A grid of the first examples' views, written when a run of a method that compares views starts.
+VIEWS_PICTURE = "views.png"
 
 
 class CollapseError(RuntimeError):
@@ -85,8 +88,10 @@ def build_model(recipe: Recipe) -> tuple[Modality, Method, Any, Any, Any, Recipe
         enc, state = modality.from_hf(recipe.init_from)
     t = recipe.train
     view = method.student_view(recipe.method)
-    dataset, collator, preprocessor = modality.prepare(recipe.data, recipe.mask, t.seed, view)
-    completed = replace(recipe, encoder=enc, adapter=asdict(modality.cfg))
+    views = recipe.views_config() if view.views else None
+    dataset, collator, preprocessor = modality.prepare(recipe.data, recipe.mask, t.seed, view, views)
+    # the run records every setting it ran with, defaults included
+    completed = replace(recipe, encoder=enc, adapter=asdict(modality.cfg), views=asdict(views) if views else {})
     completed.validate()
     torch.manual_seed(t.seed)
     model = method.build(modality, enc, recipe.method, run_steps=t.max_steps)
@@ -242,6 +247,9 @@ def pretrain(recipe: Recipe, resume: bool = False, overwrite: bool = False, call
         _resume_stream(trainer, dataset, start)
     guards = [NonFiniteGuard(trainer, recipe.train.max_nonfinite), HealthCallback(recipe), PreemptionGuard()]
     extra = [EMACallback(trainer)] if model.teacher is not None else []
+    if main and not resume and not streamed and isinstance(collator, ViewCollator):  # augmentations are checked by eye
+        save_views_picture(collator.maker, collator([dataset[i] for i in range(min(8, len(dataset)))]),
+                           run_dir / VIEWS_PICTURE)
     if type(model).snapshot is not Method.snapshot and not streamed:  # the objective draws its progress
         extra.append(SnapshotCallback(collator([dataset[i] for i in range(min(8, len(dataset)))])))
     for cb in [*guards, *extra, MetricsFileCallback(), *(callbacks or [])]:

@@ -22,7 +22,8 @@ PARTS = ("local", "context", "blocks", "norm")
 
 @dataclass(frozen=True)
 class StudentView:
-    """What an objective asks of the data: how its student sees a masked sample."""
+    """What an objective asks of the data: how its student sees a masked sample, or, for objectives
+    that compare augmented views of a sample (DINO, BYOL), which views it gets."""
 
     dense: bool
     """True: masked tokens stay in the student's input, replaced by a mask token or a learned mask
@@ -34,6 +35,15 @@ class StudentView:
     bert_selected: bool = False
     """With BERT masking (``mask.kind: bert``): the ``mask`` the model gets marks every selected token
     (masked, replaced by a random one, or kept), as BERT's loss does; False: the masked ones only."""
+
+    views: bool = False
+    """True: the collator makes augmented views of each sample (the recipe's ``views`` section, typed by
+    the modality's ``views_class``) instead of one masked sample: the batch holds ``views``, a list of
+    input dicts (global views first, then local ones)."""
+
+    view_masks: bool = False
+    """With ``views``: also mask each global view (iBOT), the recipe's ``mask`` section applied to the
+    view's token grid; the batch then holds ``view_masks``, one (B, T) bool tensor per global view."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,9 @@ class Modality(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    views_class: ClassVar[type | None] = None
+    """The typed config of the recipe's ``views`` section (a dataclass with ``validate(where)``); None:
+    the modality makes no augmented views."""
     num_extra_tokens: int = 0
     hf_untrained: tuple[str, ...] = ("pooler.",)
     """HF parameter prefixes that pretraining does not produce (left at the HF initialisation)."""
@@ -107,9 +120,11 @@ class Modality(ABC):
         return (), ()
 
     @abstractmethod
-    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView) -> tuple[Any, Any, Any]:
+    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView, views: Any = None
+                ) -> tuple[Any, Any, Any]:
         """(train dataset, collator, preprocessor) for the recipe's ``data`` and ``mask`` sections;
-        completes ``self.cfg`` from the data (token ids, sample rate, ...). The preprocessor
+        completes ``self.cfg`` from the data (token ids, sample rate, ...). With ``view.views`` the
+        collator makes the views ``views`` (an instance of ``views_class``) says. The preprocessor
         (tokenizer, feature extractor, image processor) has ``save_pretrained`` and is exported beside
         the model."""
 

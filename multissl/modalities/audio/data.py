@@ -168,9 +168,11 @@ def scan_report(good: list[Clip], bad: list[tuple[str, str]], rate: int) -> str:
 
 # --- the dataset and the collator -----------------------------------------------------------------
 
-def load_clip(c: Clip, cfg: AudioConfig, rng: np.random.Generator | None = None) -> np.ndarray:
+def load_clip(c: Clip, cfg: AudioConfig, rng: np.random.Generator | None = None, normalized: bool = True
+              ) -> np.ndarray:
     """A checked clip as the model sees it: resampled, a random window of at most ``max_samples`` when
-    ``rng`` is given (else the start), normalised. Only the window is read from the file."""
+    ``rng`` is given (else the start), normalised (unless ``normalized`` is False: views normalise each
+    view after their gain and mixing). Only the window is read from the file."""
     n, start = c.samples(cfg.sample_rate), 0.0
     seconds = None
     if n > cfg.max_samples:
@@ -181,40 +183,42 @@ def load_clip(c: Clip, cfg: AudioConfig, rng: np.random.Generator | None = None)
         raise ValueError(f"decoded to {len(wav)} samples")
     if not np.isfinite(wav).all():  # float files can hold NaN or inf; they would poison the loss
         raise ValueError("holds NaN or infinite samples")
-    return normalize(wav) if cfg.normalize else wav
+    return normalize(wav) if cfg.normalize and normalized else wav
 
 
 class AudioDataset(MediaDataset):
-    """Decoded, resampled, normalised and randomly cropped waveforms. ``lengths`` lets the Trainer
-    batch similar lengths together."""
+    """Decoded, resampled, normalised (unless ``normalized`` is False) and randomly cropped waveforms.
+    ``lengths`` lets the Trainer batch similar lengths together."""
 
     key = "input_values"
     files = AUDIO_FILES
 
-    def __init__(self, clips: list[Clip], cfg: AudioConfig, seed: int, strict: bool = False):
+    def __init__(self, clips: list[Clip], cfg: AudioConfig, seed: int, strict: bool = False, normalized: bool = True):
         super().__init__(clips, seed, strict)
-        self.cfg, self.clips = cfg, clips
+        self.cfg, self.clips, self.normalized = cfg, clips, normalized
         self.lengths = [min(c.samples(cfg.sample_rate), cfg.max_samples) for c in clips]
 
     def load(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """Clip ``i`` as the model sees it (a random window when it is too long and ``rng`` is given)."""
-        return load_clip(self.clips[i], self.cfg, rng)
+        return load_clip(self.clips[i], self.cfg, rng, self.normalized)
 
 
-def _streamed(clip: Clip, rng: np.random.Generator, cfg: AudioConfig) -> dict[str, Any]:
+def _streamed(clip: Clip, rng: np.random.Generator, cfg: AudioConfig, normalized: bool = True) -> dict[str, Any]:
     checked, why = check(clip, cfg.shortest, cfg.sample_rate)
     if checked is None:
         raise ValueError(why)
-    return {"input_values": load_clip(checked, cfg, rng)}
+    return {"input_values": load_clip(checked, cfg, rng, normalized)}
 
 
-def build_audio_dataset(data: DataConfig, cfg: AudioConfig, seed: int) -> AudioDataset | SeededStream:
+def build_audio_dataset(data: DataConfig, cfg: AudioConfig, seed: int, normalized: bool = True
+                        ) -> AudioDataset | SeededStream:
     """Find, check and wrap the recordings of ``data.path``; bad files are counted and named. With
-    ``data.streaming`` nothing is scanned up front: files are checked as they are streamed."""
+    ``data.streaming`` nothing is scanned up front: files are checked as they are streamed.
+    ``normalized`` False: the waveforms as decoded, for views (which normalise each view)."""
     return build_media_dataset(data, data.audio_column, AUDIO_FILES,
                                partial(check, shortest=cfg.shortest, rate=cfg.sample_rate),
-                               lambda clips: AudioDataset(clips, cfg, seed, data.strict), partial(_streamed, cfg=cfg),
-                               seed)
+                               lambda clips: AudioDataset(clips, cfg, seed, data.strict, normalized),
+                               partial(_streamed, cfg=cfg, normalized=normalized), seed)
 
 
 class AudioCollator:

@@ -18,6 +18,8 @@ from multissl.core.adapter import Modality, StudentView
 from multissl.core.blocks import EncoderConfig
 from multissl.core.decoder import Decoder1d, DecoderConfig
 from multissl.core.hf_names import from_hf_names, pool_states, to_hf_names
+from multissl.data.views import ViewCollator
+from multissl.modalities.audio.views import AudioViews, SpeechViews
 
 # multissl block tensor -> Data2VecAudio layer module
 HF_BLOCK_NAMES = {
@@ -179,6 +181,7 @@ class AudioContext(nn.Module):
 class Audio(Modality):
     name = "audio"
     config_class = AudioConfig
+    views_class = AudioViews
     input_extensions = AUDIO_EXTENSIONS
     hf_untrained = ("masked_spec_embed",)
 
@@ -215,11 +218,14 @@ class Audio(Modality):
         # one's averages the whole context (2.0).
         return ("local",), (("context.pos_conv",) if dense else ())
 
-    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView) -> tuple[Any, Any, Any]:
+    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView, views: Any = None) -> tuple[Any, Any, Any]:
         from multissl.modalities.audio.data import AudioCollator, build_audio_dataset
 
         if self.cfg.mask_embedding is None:
             self.cfg.mask_embedding = view.dense
+        if view.views:
+            collator = ViewCollator(SpeechViews(views or AudioViews(), self.cfg), mask if view.view_masks else None)
+            return build_audio_dataset(data, self.cfg, seed, normalized=False), collator, self.feature_extractor()
         dataset = build_audio_dataset(data, self.cfg, seed)
         return dataset, AudioCollator(mask, self.cfg, view.clones), self.feature_extractor()
 

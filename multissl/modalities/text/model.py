@@ -114,7 +114,7 @@ class Text(Modality):
         # (data2vec text copies its embeddings every step, which is the same thing, cheaper).
         return ("local", "context"), ()
 
-    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView) -> tuple[Any, Any, Any]:
+    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView, views: Any = None) -> tuple[Any, Any, Any]:
         from multissl.modalities.text.data import TextCollator, build_text_dataset
 
         tok = load_tokenizer(data.tokenizer)

@@ -138,20 +138,30 @@ def train_transform(img: Image.Image, cfg: VisionConfig, rng: np.random.Generato
     >>> train_transform(img, VisionConfig(image_size=16, patch_size=4), np.random.default_rng(0)).shape
     torch.Size([3, 16, 16])
     """
-    w, h = img.size
-    box = (0, 0, w, h)
+    img = img.resize((cfg.image_size, cfg.image_size), Image.BICUBIC, box=crop_box(img.size, cfg.crop_scale, rng))
+    if cfg.flip and rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    return to_tensor(img, cfg)
+
+
+def crop_box(size: tuple[int, int], scale: tuple[float, float], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random resized crop's box (left, top, right, bottom) in an image of ``size`` (w, h): its area
+    a share in ``scale`` of the image's, its aspect (w / h) log-uniform in 3/4 to 4/3; the whole image
+    when ten draws do not fit.
+
+    >>> left, top, right, bottom = crop_box((50, 40), (0.2, 1.0), np.random.default_rng(0))
+    >>> 0 <= left < right <= 50 and 0 <= top < bottom <= 40
+    True
+    """
+    w, h = size
     for _ in range(10):
-        area = w * h * rng.uniform(*cfg.crop_scale)
+        area = w * h * rng.uniform(*scale)
         ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
         cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
         if 0 < cw <= w and 0 < ch <= h:
             left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            box = (left, top, left + cw, top + ch)
-            break
-    img = img.resize((cfg.image_size, cfg.image_size), Image.BICUBIC, box=box)
-    if cfg.flip and rng.random() < 0.5:
-        img = ImageOps.mirror(img)
-    return to_tensor(img, cfg)
+            return left, top, left + cw, top + ch
+    return 0, 0, w, h
 
 
 # --- the dataset and the collator ----------------------------------------------------------------
@@ -172,19 +182,34 @@ class ImageDataset(MediaDataset):
         return train_transform(img, self.cfg, rng) if self.train and rng is not None else eval_transform(img, self.cfg)
 
 
-def _streamed(picture: Picture, rng: np.random.Generator, cfg: VisionConfig) -> dict[str, Any]:
+class DecodedImageDataset(ImageDataset):
+    """Decoded images as they are (RGB, EXIF orientation applied), for collators that make several
+    views of each (``multissl.modalities.vision.views``)."""
+
+    key = "image"
+
+    def load(self, i: int, rng: np.random.Generator | None = None) -> Image.Image:
+        return self.pictures[i].open()
+
+
+def _streamed(picture: Picture, rng: np.random.Generator, cfg: VisionConfig, decoded: bool = False) -> dict[str, Any]:
     why = check(picture, cfg.min_side)
     if why:
         raise ValueError(why)
+    if decoded:
+        return {"image": picture.open()}
     return {"pixel_values": train_transform(picture.open(), cfg, rng)}
 
 
-def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int) -> ImageDataset | SeededStream:
+def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int, decoded: bool = False
+                        ) -> ImageDataset | SeededStream:
     """Find, check and wrap the images of ``data.path``; bad files are counted and named. With
-    ``data.streaming`` nothing is scanned up front: images are checked as they are streamed."""
+    ``data.streaming`` nothing is scanned up front: images are checked as they are streamed.
+    ``decoded``: examples hold the decoded image (``image``) instead of a cropped tensor, for views."""
+    wrap = DecodedImageDataset if decoded else ImageDataset
     return build_media_dataset(data, data.image_column, IMAGE_FILES, partial(_checked, min_side=cfg.min_side),
-                               lambda good: ImageDataset(good, cfg, seed, data.strict), partial(_streamed, cfg=cfg),
-                               seed)
+                               lambda good: wrap(good, cfg, seed, data.strict),
+                               partial(_streamed, cfg=cfg, decoded=decoded), seed)
 
 
 class ImageCollator:

@@ -10,12 +10,14 @@ is also the class most image tooling (``AutoModelForImageClassification``, timm 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from multissl.core.adapter import Modality, PatchGrid, StudentView
@@ -23,6 +25,8 @@ from multissl.core.blocks import EncoderConfig
 from multissl.core.decoder import Decoder2d, DecoderConfig
 from multissl.core.hf_names import from_hf_names, to_hf_names
 from multissl.core.positions import sincos_2d
+from multissl.data.views import ViewCollator
+from multissl.modalities.vision.views import ImageViews, VisionViews
 
 # multissl block tensor -> ViT layer module
 HF_BLOCK_NAMES = {
@@ -100,7 +104,11 @@ class VisionLocal(nn.Module):
 
 
 class VisionContext(nn.Module):
-    """Learned positions added to the patches, and a CLS token (with its own position) in front."""
+    """Positions added to the patches, and a CLS token (with its own position) in front. An input of
+    another size than ``image_size`` (a local crop) gets the position table resized to its grid,
+    bicubic, as ``ViTModel(..., interpolate_pos_encoding=True)`` does, so that an export computes
+    the same at any size. Sine-cosine tables are resized too: a crop is seen as a whole image at a
+    lower resolution, its patches spread over the full range of positions."""
 
     def __init__(self, cfg: VisionConfig, enc: EncoderConfig):
         super().__init__()
@@ -116,12 +124,25 @@ class VisionContext(nn.Module):
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        return self.dropout(torch.cat([cls, x], 1) + self.position_embeddings)
+        return self.dropout(torch.cat([cls, x], 1) + self.positions(x.shape[1]))
+
+    def positions(self, patches: int) -> torch.Tensor:
+        """The position table (1, 1 + patches, D) for a square grid of ``patches`` patches."""
+        table = self.position_embeddings
+        if patches == table.shape[1] - 1:
+            return table
+        side, old = math.isqrt(patches), math.isqrt(table.shape[1] - 1)
+        if side * side != patches:
+            raise ValueError(f"vision: {patches} patches do not make a square grid")
+        grid = table[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+        return torch.cat([table[:, :1], grid.permute(0, 2, 3, 1).reshape(1, patches, -1)], 1)
 
 
 class Vision(Modality):
     name = "vision"
     config_class = VisionConfig
+    views_class = VisionViews
     input_extensions = IMAGE_EXTENSIONS
     num_extra_tokens = 1
 
@@ -148,11 +169,15 @@ class Vision(Modality):
         # The teacher is the whole encoder, patch embedding included, on the unmasked image.
         return (), ()
 
-    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView) -> tuple[Any, Any, Any]:
+    def prepare(self, data: Any, mask: Any, seed: int, view: StudentView, views: Any = None) -> tuple[Any, Any, Any]:
         from multissl.modalities.vision.data import ImageCollator, build_image_dataset
 
         if self.cfg.mask_embedding is None:
             self.cfg.mask_embedding = view.dense
+        if view.views:
+            maker = ImageViews(views or VisionViews(), self.cfg)
+            collator = ViewCollator(maker, mask if view.view_masks else None)
+            return build_image_dataset(data, self.cfg, seed, decoded=True), collator, self.image_processor()
         dataset = build_image_dataset(data, self.cfg, seed)
         return dataset, ImageCollator(mask, self.cfg, view.clones), self.image_processor()
 
