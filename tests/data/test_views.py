@@ -3,6 +3,7 @@ crops, gain and mixing), checked on real photos and real speech against definiti
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -282,3 +283,38 @@ def test_save_views_picture_for_images_and_speech(photos, clips, tmp_path):
     assert Image.open(png).format == "PNG"
     mel = speech.picture(ViewCollator(speech)(_examples("input_values", clips[:1]))["views"][0], 0)
     assert mel.shape == (80, 98)  # 80 bands, 25 ms windows every 10 ms over one second
+
+
+# --- through the adapters ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["loaded", "streamed"])
+@pytest.mark.parametrize("modality", ["vision", "audio"])
+def test_prepare_makes_views_of_decoded_examples_loaded_or_streamed(modality, streaming, image_dirs, speech_dir):
+    """In views mode a dataset yields the decoded image (or the clip as decoded, not normalised) and the
+    collator makes the views; without views nothing changes."""
+    from multissl.core.adapter import StudentView
+    from multissl.data.config import DataConfig
+    from multissl.modalities.audio.model import Audio
+    from multissl.modalities.vision.model import Vision
+
+    if modality == "vision":
+        adapter, path, views = Vision(VisionConfig(image_size=16, patch_size=4)), image_dirs[2][0].parent, \
+            VisionViews(local_crops=2, local_size=8)
+        shapes, masks = [(3, 3, 16, 16)] * 2 + [(3, 3, 8, 8)] * 2, [(3, 16)] * 2
+    else:
+        adapter, path, views = Audio(AUDIO), speech_dir, AudioViews(crops=3, crop_samples=8000)
+        shapes, masks = [(3, 8000)] * 3, [(3, AUDIO.frames(8000))] * 3
+    data = DataConfig(path=str(path), streaming=streaming, shuffle_buffer=0)
+    mask = MaskConfig(kind="random", prob=0.5)
+    dataset, collate, _ = adapter.prepare(data, mask, 0, StudentView(dense=False, views=True, view_masks=True), views)
+    examples = [dataset[i] for i in range(3)] if not streaming else list(itertools.islice(iter(dataset), 3))
+    if modality == "vision":
+        assert all(isinstance(e["image"], Image.Image) for e in examples)
+    else:  # not normalised: the views normalise after their gain and mixing
+        assert all(abs(float(np.std(e["input_values"])) - 1) > 0.05 for e in examples)
+    batch = collate(examples)
+    assert [tuple(next(iter(v.values())).shape) for v in batch["views"]] == shapes
+    assert [tuple(m.shape) for m in batch["view_masks"]] == masks
+    plain, plain_collate, _ = adapter.prepare(data, mask, 0, StudentView(dense=False))
+    first = plain[0] if not streaming else next(iter(plain))
+    assert "inputs" in plain_collate([first])
