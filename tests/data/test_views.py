@@ -208,6 +208,10 @@ def test_speech_crops_have_the_requested_length_and_short_clips_are_padded(clips
         assert float(v["input_values"][1, 5000:].abs().max()) == 0.0
         real = v["input_values"][1, :5000].double()
         assert abs(float(real.mean())) < 1e-5 and abs(float(real.std(unbiased=False)) - 1) < 1e-3  # normalised
+    with pytest.raises(ValueError, match=r"views.crop_samples \(20000\) is longer than adapter.max_samples"):
+        SpeechViews(AudioViews(crop_samples=20000), replace(AUDIO, max_samples=16000))
+    with pytest.raises(ValueError, match=r"views.crop_samples \(300\) is shorter than the conv receptive field"):
+        SpeechViews(AudioViews(crop_samples=300), AUDIO)
 
 
 def test_speech_crops_are_pieces_of_the_clip_and_gain_scales(clips):

@@ -30,8 +30,9 @@ class AudioViews:
     """Views per clip, each a random crop."""
 
     crop_samples: int = 16000
-    """Samples per crop (after resampling; 1 s at 16 kHz); shorter clips are padded with zeros and an
-    attention mask."""
+    """Samples per crop (after resampling; 1 s at 16 kHz), at most ``adapter.max_samples``: the crops of a
+    longer file come from its random window of ``max_samples``. Shorter clips are padded with zeros and
+    an attention mask."""
 
     gain_db: float = 6.0
     """Each view is scaled by a gain drawn from [-gain_db, gain_db] dB. With ``adapter.normalize`` the
@@ -68,6 +69,9 @@ class SpeechViews(ViewMaker):
         if views.crop_samples < cfg.receptive_field:
             raise ValueError(f"views.crop_samples ({views.crop_samples}) is shorter than the conv receptive field "
                              f"({cfg.receptive_field} samples)")
+        if views.crop_samples > cfg.max_samples:
+            raise ValueError(f"views.crop_samples ({views.crop_samples}) is longer than adapter.max_samples "
+                             f"({cfg.max_samples}), the longest clip a view is cut from")
         self.views, self.cfg = views, cfg
         self.global_views = views.crops
 
