@@ -632,12 +632,16 @@ def keys_help(recipe: Recipe, name: str = "", width: int = 100) -> str:
     out += ["", "top level:"]
     for f in dataclasses.fields(Recipe):
         value = recipe.adapter_config() if f.name == "adapter" else getattr(recipe, f.name)
+        if f.name == "views":  # the modality's views config, where the method takes views
+            value = recipe.views_config() if get_method(recipe.method.name).student_view(recipe.method).views else None
+            if value is None:
+                continue
         if dataclasses.is_dataclass(value):
             sections.append((f.name, value))
         else:  # modality, init_from
             row(f.name, hints[f.name], value, section_docs.get(f.name, ""))
     for key, value in sections:
-        label = f"{key} ({type(value).__name__})" if key in ("adapter", "method") else key
+        label = f"{key} ({type(value).__name__})" if key in ("adapter", "method", "views") else key
         out += ["", textwrap.fill(f"{label}: {' '.join(section_docs.get(key, '').split())}", width)]
         rows(value, f"{key}.")
     return "\n".join(out) + "\n"

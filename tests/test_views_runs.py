@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from multissl.core.adapter import StudentView
 from multissl.core.encoder import extend_padding, mean_over
 from multissl.methods import METHODS, Method
-from multissl.recipe import RecipeError, load_recipe
+from multissl.recipe import RecipeError, keys_help, load_recipe
 from multissl.train import VIEWS_PICTURE, pretrain
 from tests.run_driver import StopAt
 
@@ -92,6 +92,9 @@ def test_a_views_section_is_checked_against_the_modality(viewcheck, tmp_path):
     recipe = load_recipe(_recipe(tmp_path, "vision", method={"name": "viewcheck"}, views=views))
     cfg = recipe.views_config()
     assert (cfg.local_crops, cfg.local_size, cfg.blur, cfg.solarize) == (4, 8, (1.0, 0.1), (0.0, 0.2))
+    listed = keys_help(recipe)  # `multissl pretrain RECIPE --help` lists the views keys of such a method
+    assert "views (VisionViews):" in listed and "--views.local_crops  int = 4" in listed
+    assert "--views." not in keys_help(load_recipe(_recipe(tmp_path, "vision", method={"top_k": 2})))  # data2vec: none
     over = load_recipe(_recipe(tmp_path, "vision", method={"name": "viewcheck"}),
                        ["--views.local_crops", "6", "--views.global_scale", "[0.3, 1.0]"])
     assert over.views_config().local_crops == 6 and over.views_config().global_scale == (0.3, 1.0)
