@@ -62,8 +62,9 @@ class ViewMaker(ABC):
 
 
 class ViewCollator:
-    """Batches the views of each example: ``{"views": [inputs of view 0, view 1, ...]}`` and, with a
-    ``mask`` config, ``"view_masks"``: one (B, T) bool tensor per global view, True where masked.
+    """Batches the views of each example: ``{"views": [inputs of view 0, view 1, ...], "global_views": G}``
+    (the first G views are global) and, with a ``mask`` config, ``"view_masks"``: one (B, T) bool tensor
+    per global view, True where masked.
 
     >>> class Noise(ViewMaker):
     ...     global_views = 2
@@ -83,7 +84,7 @@ class ViewCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         views = self.maker(examples, [example_rng((*e["seed"], VIEW_STREAM)) for e in examples])
-        batch: dict[str, Any] = {"views": views}
+        batch: dict[str, Any] = {"views": views, "global_views": self.maker.global_views}
         if self.mask is not None:
             rngs = [example_rng((*e["seed"], VIEW_MASK_STREAM)) for e in examples]
             masks = []
