@@ -231,7 +231,8 @@ def multiblock_mask(cfg: MaskConfig, shape: tuple[int, int], rng: np.random.Gene
     """I-JEPA's multi-block masks (Assran et al. 2023, arXiv 2301.08243, section 3 and appendix A):
     ``cfg.targets`` target blocks, each of its own scale in ``cfg.target_scale`` and aspect in
     ``cfg.target_aspect`` (possibly overlapping one another), and one square context block of scale
-    in ``cfg.context_scale`` from which every target patch is removed. A draw whose context keeps
+    in ``cfg.context_scale`` (cut to the grid where a side does not fit) from which every target
+    patch is removed. A draw whose context keeps
     fewer than ``cfg.min_context`` patches is drawn again. Returns (context (H, W), targets
     (M, H, W)), True on the patches each one holds; the context is disjoint from every target.
 

@@ -226,7 +226,8 @@ def test_tiny_run_trains_and_exports_both_encoders(tmp_path, image_dirs):
     from multissl.export.hf import export
     from multissl.train import pretrain
 
-    run = pretrain(load_recipe(RECIPE, [*TINY_IJEPA, "--data", str(image_dirs[0]), "--output_dir", str(tmp_path / "r")]))
+    overrides = [*TINY_IJEPA, "--data", str(image_dirs[0]), "--output_dir", str(tmp_path / "run")]
+    run = pretrain(load_recipe(RECIPE, overrides))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
     for key in ("loss", "target_var", "pred_var", "student_rank", "teacher_rank"):
