@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-MaskKind = Literal["random", "span", "block", "inverse_block", "beit", "bert", "none"]
+MaskKind = Literal["random", "span", "block", "inverse_block", "beit", "bert", "multiblock", "none"]
 
 
 @dataclass
@@ -24,7 +24,8 @@ class MaskConfig:
     """random: exact-ratio random tokens (data2vec 2.0 text); span: wav2vec2 spans (v1 audio/text);
     block / inverse_block: exact-ratio 1-D or 2-D blocks (data2vec 2.0 audio / vision);
     beit: BEiT's rectangles of random area and aspect on a 2-D grid (v1 vision);
-    bert: BERT 80/10/10 token masking (v1 text); none: nothing masked."""
+    bert: BERT 80/10/10 token masking (v1 text); multiblock: I-JEPA's context block and target
+    blocks on a 2-D grid (the mask is what lies outside the context; see ``targets``); none: nothing masked."""
 
     prob: float = 0.48
     """Masking probability: the exact masked fraction (random, block, inverse_block), the span-start
@@ -49,6 +50,25 @@ class MaskConfig:
     bert_random: float = 0.1
     """Of the selected tokens, the fraction replaced by a random token (bert). The rest stay unchanged."""
 
+    targets: int = 4
+    """Target blocks per image (multiblock; I-JEPA's M, 4 in the paper). Each one is a rectangle of
+    its own scale and aspect; they may overlap each other, never the context."""
+
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    """Range of a target block's share of the grid's patches (multiblock; the paper's (0.15, 0.2))."""
+
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    """Range of a target block's aspect ratio, height over width (multiblock; the paper's (0.75, 1.5))."""
+
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    """Range of the context block's share of the grid's patches before the target blocks are removed
+    from it (multiblock; the paper's (0.85, 1.0)); the context block is square (aspect 1)."""
+
+    min_context: int = 4
+    """Fewest patches the context may keep once the targets are removed from it (multiblock); a draw
+    that keeps fewer is drawn again (the released I-JEPA code's ``min_keep``: 4 by default, 10 in its
+    ViT-H configs)."""
+
     def validate(self, where: str = "mask") -> None:
         if not 0.0 <= self.prob < 1.0:
             raise ValueError(f"{where}.prob must be in [0, 1), got {self.prob}")
@@ -56,6 +76,16 @@ class MaskConfig:
             raise ValueError(f"{where}.length must be >= 1, got {self.length}")
         if self.bert_mask + self.bert_random > 1.0 or min(self.bert_mask, self.bert_random) < 0:
             raise ValueError(f"{where}.bert_mask + {where}.bert_random must lie in [0, 1]")
+        if self.targets < 1:
+            raise ValueError(f"{where}.targets must be >= 1, got {self.targets}")
+        for key in ("target_scale", "context_scale"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{where}.{key} must satisfy 0 < low <= high <= 1, got {getattr(self, key)}")
+        if not 0 < self.target_aspect[0] <= self.target_aspect[1]:
+            raise ValueError(f"{where}.target_aspect must satisfy 0 < low <= high, got {self.target_aspect}")
+        if self.min_context < 1:
+            raise ValueError(f"{where}.min_context must be >= 1, got {self.min_context}")
 
 
 def random_mask(length: int, prob: float, rng: np.random.Generator) -> np.ndarray:
@@ -178,6 +208,57 @@ def beit_mask(shape: tuple[int, int], prob: float, min_patches: int, rng: np.ran
     return mask
 
 
+MULTIBLOCK_ATTEMPTS = 100
+"""Draws of the blocks before :func:`multiblock_mask` gives up on leaving ``min_context`` patches."""
+
+
+def _rectangle(shape: tuple[int, int], scale: tuple[float, float], aspect: tuple[float, float],
+               rng: np.random.Generator) -> tuple[slice, slice]:
+    """A rectangle on an (H, W) grid, as (rows, columns) slices: its share of the patches uniform in
+    ``scale``, its aspect (height / width) uniform in ``aspect``, each side rounded and kept within
+    1 and the grid's side, its top-left corner uniform over the places where it fits."""
+    h, w = shape
+    area = rng.uniform(*scale) * h * w
+    ratio = rng.uniform(*aspect)
+    bh = min(max(int(round(math.sqrt(area * ratio))), 1), h)
+    bw = min(max(int(round(math.sqrt(area / ratio))), 1), w)
+    top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+    return slice(top, top + bh), slice(left, left + bw)
+
+
+def multiblock_mask(cfg: MaskConfig, shape: tuple[int, int], rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """I-JEPA's multi-block masks (Assran et al. 2023, arXiv 2301.08243, section 3 and appendix A):
+    ``cfg.targets`` target blocks, each of its own scale in ``cfg.target_scale`` and aspect in
+    ``cfg.target_aspect`` (possibly overlapping one another), and one square context block of scale
+    in ``cfg.context_scale`` (cut to the grid where a side does not fit) from which every target
+    patch is removed. A draw whose context keeps
+    fewer than ``cfg.min_context`` patches is drawn again. Returns (context (H, W), targets
+    (M, H, W)), True on the patches each one holds; the context is disjoint from every target.
+
+    Every image gets its own block sizes and counts (the released code draws one size per batch and
+    trims every image's context to the smallest count, which ties an image's masks to its batch).
+
+    >>> context, targets = multiblock_mask(MaskConfig(kind="multiblock"), (14, 14), np.random.default_rng(0))
+    >>> targets.shape, bool((context & targets.any(0)).any()), 30 <= int(targets[0].sum()) <= 40
+    ((4, 14, 14), False, True)
+    """
+    if len(shape) != 2:
+        raise ValueError(f"mask.kind multiblock needs a 2-D grid, got shape {shape}")
+    for _ in range(MULTIBLOCK_ATTEMPTS):
+        targets = np.zeros((cfg.targets, *shape), dtype=bool)
+        for block in targets:
+            block[_rectangle(shape, cfg.target_scale, cfg.target_aspect, rng)] = True
+        context = np.zeros(shape, dtype=bool)
+        context[_rectangle(shape, cfg.context_scale, (1.0, 1.0), rng)] = True
+        context &= ~targets.any(0)
+        if int(context.sum()) >= cfg.min_context:
+            return context, targets
+    raise ValueError(f"mask: {MULTIBLOCK_ATTEMPTS} multiblock draws on a {shape[0]}x{shape[1]} grid left fewer than "
+                     f"mask.min_context={cfg.min_context} context patches; lower mask.targets, mask.target_scale or "
+                     "mask.min_context")
+
+
 BERT_NONE, BERT_MASK, BERT_RANDOM, BERT_KEEP = 0, 1, 2, 3
 
 
@@ -206,7 +287,8 @@ def sample_mask(cfg: MaskConfig, shape: tuple[int, ...], rng: np.random.Generato
     """One mask of ``shape`` ((T,) for sequences, (H, W) for grids) as the config says.
 
     For ``bert`` this returns the positions replaced by the mask token (those regressed); use
-    :func:`bert_mask` for the full 80/10/10 codes.
+    :func:`bert_mask` for the full 80/10/10 codes. For ``multiblock`` it returns what lies outside
+    the context block; use :func:`multiblock_mask` for the target blocks too.
 
     >>> sample_mask(MaskConfig(kind="block", prob=0.5, length=5, adjust=0.05), (50,),
     ...             np.random.default_rng(0)).sum()
@@ -222,6 +304,8 @@ def sample_mask(cfg: MaskConfig, shape: tuple[int, ...], rng: np.random.Generato
         if len(shape) != 2:
             raise ValueError(f"mask.kind beit needs a 2-D grid, got shape {shape}")
         return beit_mask(shape, cfg.prob, cfg.length, rng, cfg.aspect)
+    if cfg.kind == "multiblock":
+        return ~multiblock_mask(cfg, shape, rng)[0]
     numel = int(np.prod(shape))
     if cfg.kind == "random":
         flat = random_mask(numel, cfg.prob, rng)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from multissl.data.config import DataConfig
-from multissl.data.masking import MaskConfig, sample_mask
+from multissl.data.masking import MaskConfig, multiblock_mask, sample_mask
 from multissl.data.media import MediaDataset, MediaFiles, build_media_dataset
 from multissl.data.seeds import example_rng
 from multissl.data.streams import SeededStream
@@ -213,7 +213,9 @@ def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int, decoded:
 
 
 class ImageCollator:
-    """Stacks images and makes ``M`` patch-grid masks per image.
+    """Stacks images and makes ``M`` patch-grid masks per image. With ``mask.kind: multiblock`` the
+    batch also holds ``target_masks`` (B * M, targets, L): each mask row's I-JEPA target blocks, its
+    ``mask`` row being what lies outside the context block.
 
     >>> c = ImageCollator(MaskConfig(kind="inverse_block", prob=0.8, length=3, adjust=0.07),
     ...                   VisionConfig(image_size=56, patch_size=4), clones=2)
@@ -228,8 +230,18 @@ class ImageCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         pixels = torch.stack([e["pixel_values"] for e in examples])
         masks = np.zeros((len(examples) * self.clones, self.cfg.grid[0] * self.cfg.grid[1]), dtype=bool)
+        multiblock = self.mask.kind == "multiblock"
+        targets = np.zeros((len(masks), self.mask.targets if multiblock else 0, masks.shape[1]), dtype=bool)
         for i, e in enumerate(examples):
             rng = example_rng((*e["seed"], 1))  # stream 1: masks; the crop used the base stream
             for c in range(self.clones):
-                masks[i * self.clones + c] = sample_mask(self.mask, self.cfg.grid, rng).reshape(-1)
-        return {"inputs": {"pixel_values": pixels}, "mask": torch.from_numpy(masks)}
+                row = i * self.clones + c
+                if multiblock:
+                    context, blocks = multiblock_mask(self.mask, self.cfg.grid, rng)
+                    masks[row], targets[row] = ~context.reshape(-1), blocks.reshape(len(blocks), -1)
+                else:
+                    masks[row] = sample_mask(self.mask, self.cfg.grid, rng).reshape(-1)
+        batch = {"inputs": {"pixel_values": pixels}, "mask": torch.from_numpy(masks)}
+        if multiblock:
+            batch["target_masks"] = torch.from_numpy(targets)
+        return batch
