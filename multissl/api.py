@@ -64,11 +64,12 @@ def pretrain(recipe: str | Path | Recipe, /, *, resume: bool = False, overwrite:
     return run(load_recipe(recipe, **overrides), resume=resume, overwrite=overwrite)
 
 
-def export(run_dir: str | Path, out_dir: str | Path, *, which: str = "student", arch: str | None = None,
+def export(run_dir: str | Path, out_dir: str | Path, *, which: str | None = None, arch: str | None = None,
            overwrite: bool = False) -> Path:
-    """Write the encoder of the run ``run_dir`` (its ``which``: student or teacher) to ``out_dir`` as a
-    Hugging Face model folder with its preprocessor and a model card; returns ``out_dir``. ``arch``
-    picks the class family where there is a choice (``roberta`` for text). What ``multissl export`` runs.
+    """Write the encoder of the run ``run_dir`` (its ``which``: student or teacher; by default the one
+    the objective's paper evaluates) to ``out_dir`` as a Hugging Face model folder with its preprocessor
+    and a model card; returns ``out_dir``. ``arch`` picks the class family where there is a choice
+    (``roberta`` for text). What ``multissl export`` runs.
 
     >>> import multissl
     >>> out = multissl.export("runs/t1", "out/t1")  # doctest: +SKIP

@@ -46,7 +46,7 @@ def _export(args: argparse.Namespace, rest: list[str]) -> None:
     from multissl import api
 
     out = api.export(args.run_dir, args.out_dir, which=args.which, arch=args.arch, overwrite=args.overwrite)
-    print(f"exported {args.which} to {out}")
+    print(f"exported {args.which or 'the evaluated encoder'} to {out}")
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> None:
@@ -165,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a run's encoder as a Hugging Face model folder")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
-    s.add_argument("--which", choices=["student", "teacher"], default="student")
+    s.add_argument("--which", choices=["student", "teacher"], default=None,
+                   help="default: the one the objective's paper evaluates (the student, I-JEPA's target encoder)")
     s.add_argument("--arch", default=None, help="HF class family, e.g. data2vec-text (default) or roberta")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_export)

@@ -29,6 +29,10 @@ class Method(TeacherStudent):
     pipeline_tag: ClassVar[str] = "feature-extraction"
     """The Hub pipeline an export serves."""
 
+    evaluated_encoder: ClassVar[str] = "student"
+    """The encoder the objective's paper evaluates, and ``multissl export`` writes unless told
+    otherwise: ``"student"`` or ``"teacher"`` (the EMA copy)."""
+
     def __init__(self, modality: Modality, encoder: EncoderConfig, cfg: Any, run_steps: int = 0):
         super().__init__()
         self.cfg, self.run_steps = cfg, run_steps
