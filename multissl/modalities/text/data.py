@@ -23,7 +23,7 @@ from multissl.modalities.text.model import TextConfig
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def resolve_files(spec: str, fmt: str = "auto") -> tuple[str, list[str]]:

@@ -15,6 +15,7 @@ from multissl.core.adapter import Modality, StudentView
 from multissl.core.blocks import EncoderConfig
 from multissl.core.hf_names import block_tensors, fuse_block, pool_states
 from multissl.errors import RecipeError
+from multissl.modalities.text.views import TextViews
 
 # multissl block tensor -> Data2VecText / RoBERTa / BERT layer module
 HF_BLOCK_NAMES = {
@@ -98,6 +99,7 @@ class TextContext(nn.Module):
 class Text(Modality):
     name = "text"
     config_class = TextConfig
+    views_class = TextViews
     input_extensions = ()
 
     def build_local(self, enc: EncoderConfig) -> nn.Module:
@@ -129,6 +131,13 @@ class Text(Modality):
                 raise RecipeError(f"data.tokenizer: {data.tokenizer} has no {key.replace('_id', '')}")
             if getattr(c, key) == -1:
                 setattr(c, key, value)
+        if view.views:  # one sentence per example instead of packed blocks
+            from multissl.data.views import ViewCollator
+            from multissl.modalities.text.views import SentenceViews, build_sentence_dataset
+
+            views = views or TextViews()
+            collator = ViewCollator(SentenceViews(views, c), mask if view.view_masks else None)
+            return build_sentence_dataset(data, tok, c, views, seed), collator, tok
         return build_text_dataset(data, tok, c, seed), TextCollator(mask, c, view), tok
 
     def hf_config(self, enc: EncoderConfig, arch: str | None = None):
