@@ -98,8 +98,12 @@ def build_sentence_dataset(data: DataConfig, tokenizer, text: TextConfig, views:
         wanted.append((label, "data.label_column"))
     ds, names = _read(data, wanted)
     text_columns = names[: len(names) - bool(label)]
-    if label:
-        label = names[-1]
+    if label:  # read under a name of its own: the output's integer "label" must not take the column's type
+        if label in text_columns:
+            raise RecipeError(f"data.label_column: {label!r} is also a column of the views' text")
+        ds = ds.rename_column(label, "_label_source")
+        label = "_label_source"
+        names = [*text_columns, label]
 
     def tokenise(batch: dict[str, list]) -> dict[str, list]:
         rows = range(len(batch[text_columns[0]]))
