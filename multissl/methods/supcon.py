@@ -57,7 +57,8 @@ class SupCon(SimCLR):
 
     def loss(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
-            raise ValueError("method supcon: the batch has no labels (set data.label_column)")
+            raise ValueError("method supcon: the batch has no labels: data.label_column is read from text tables, "
+                             "image tables and image datasets folders only")
         return supcon_loss(z.transpose(0, 1), labels, self.cfg.temperature, gather=True)
 
     @classmethod
