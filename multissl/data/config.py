@@ -16,7 +16,7 @@ class DataConfig:
     """A file, a folder (read recursively) or a glob; several separated by commas. Also ``--data``."""
 
     format: Literal["auto", "text", "json", "parquet", "csv"] = "auto"
-    """File format; auto goes by extension (.txt, .jsonl/.json, .parquet, .csv)."""
+    """File format; auto goes by extension (.txt, .jsonl/.json, .parquet; .csv when a file is named)."""
 
     text_column: str = "text"
     """Column holding the text in JSON lines, CSV and parquet files."""
