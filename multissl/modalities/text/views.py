@@ -161,9 +161,15 @@ class SentenceViews(ViewMaker):
         return ids.shape[1], [(int(n),) for n in ids.ne(self.cfg.pad_token_id).sum(1)]
 
     def picture(self, inputs: dict[str, torch.Tensor], i: int) -> np.ndarray:
-        """The view's token ids as one row of colours (padding dark): shows lengths and where views differ."""
-        ids = inputs["input_ids"][i].float()
-        return torch.where(inputs["input_ids"][i] == self.cfg.pad_token_id, -1.0, ids)[None].numpy()
+        """The view's tokens as a square of coloured cells, row by row (a colour per token id, padding
+        black): shows the lengths, and where views differ."""
+        ids = inputs["input_ids"][i].numpy()
+        side = int(np.ceil(np.sqrt(len(ids))))
+        colours = (ids[:, None] * np.array([0.618, 0.414, 0.732]) + 0.1) % 0.8 + 0.2  # golden-ratio hues
+        colours[ids == self.cfg.pad_token_id] = 0.0
+        cells = np.zeros((side * side, 3))
+        cells[: len(ids)] = colours
+        return cells.reshape(side, side, 3)
 
     def titles(self) -> list[str]:
         return [f"view {i + 1}" for i in range(self.global_views)]
