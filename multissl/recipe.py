@@ -369,7 +369,7 @@ def _leaf_paths(cls: type, prefix: str = "", method: type = Data2VecConfig) -> t
     return tuple(out)
 
 
-ALIASES = {"data": "data.path", "tokenizer": "data.tokenizer", "label_column": "data.label_column"}
+ALIASES = {"data": "data.path", "tokenizer": "data.tokenizer"}
 
 
 def resolve_key(key: str, modality: str, method: type = Data2VecConfig) -> list[str]:

@@ -138,3 +138,18 @@ def test_labels_that_cannot_be_had_are_one_line_errors(image_dirs, labelled_imag
         with pytest.raises(RecipeError) as e:
             build_model(load_recipe(recipe("vision/supcon-tiny"), [*SMALL, *args]))
         assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_image_labels_from_a_datasets_folder(labelled_images, tmp_path):
+    import datasets
+
+    path, df = labelled_images
+    rows = df[:12]
+    ds = datasets.Dataset.from_dict({"img": [str(path.parent / p) for p in rows["path"]],
+                                     "digit": rows["label"].tolist()}).cast_column("img", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "saved"))
+    _, _, dataset, collator, _, _ = build_model(load_recipe(
+        recipe("vision/supcon-tiny"), [*SMALL, *VISION, "--data", str(tmp_path / "saved"), "--image_column", "img",
+                                       "--label-column", "digit"]))
+    assert len(dataset) == 12
+    assert collator([dataset[i] for i in range(12)])["labels"].tolist() == [label_id(v) for v in rows["label"]]
