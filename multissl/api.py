@@ -82,7 +82,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, which: str | None = None
 
 def probe(model_dir: str | Path, data: str | Path, *, label_column: str, input_column: str = "text",
           folds: int = 5, seeds: int = 1, seed: int = 0, baseline: str | Path | None = None, max_samples: int = 0,
-          pool: str = "mean", k: int = 20) -> list[dict[str, Any]]:
+          pool: str = "mean", k: int = 20, sts: str | Path | None = None) -> list[dict[str, Any]]:
     """Cross-validated linear, k-NN and layer-weighted probes of the frozen features of the export
     ``model_dir`` on the labelled ``data`` (JSON lines / CSV / parquet, or a folder of class folders),
     against random init (or the export ``baseline``) on the same folds. Returns one row per model and
@@ -95,7 +95,7 @@ def probe(model_dir: str | Path, data: str | Path, *, label_column: str, input_c
     from multissl.probe import probe as run
 
     return run(model_dir, data, label_column=label_column, input_column=input_column, folds=folds, seeds=seeds,
-               seed=seed, baseline=baseline, max_samples=max_samples, pool=pool, k=k)
+               seed=seed, baseline=baseline, max_samples=max_samples, pool=pool, k=k, sts=sts)
 
 
 def push(model_dir: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,

@@ -62,7 +62,7 @@ def _probe(args: argparse.Namespace, rest: list[str]) -> None:
 
     results = api.probe(args.model_dir, args.data, label_column=args.label_column, input_column=args.input_column,
                         folds=args.folds, seeds=args.seeds, seed=args.seed, baseline=args.baseline,
-                        max_samples=args.max_samples, pool=args.pool, k=args.k)
+                        max_samples=args.max_samples, pool=args.pool, k=args.k, sts=args.sts)
     print(format_table(results))
 
 
@@ -189,7 +189,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report mean ± sd")
     s.add_argument("--baseline", default=None, help="another export to compare with (default: random init)")
     s.add_argument("--max-samples", type=int, default=0, help="use at most this many rows (0: all)")
-    s.add_argument("--pool", choices=["mean", "cls"], default="mean", help="images: mean of patches or CLS")
+    s.add_argument("--pool", choices=["mean", "cls"], default="mean",
+                   help="mean of the tokens or patches, or the CLS token (text: the first token)")
+    s.add_argument("--sts", default=None, help="scored sentence pairs (CSV / JSON lines / parquet with sentence1, "
+                                               "sentence2, score): adds Spearman's rho of cosine similarities")
     s.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probe")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_probe)

@@ -103,6 +103,9 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str | None = None, a
             diff = check_task_parity(model, getattr(transformers, task[0]).from_pretrained(tmp), modality,
                                      preprocessor, atol)
             log.info("export parity: max abs difference %.2e over the %s logits", diff, task[0])
+        for name, text in model.hf_extra_files().items():  # what the objective adds (sentence-transformers' files)
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
         card = model_card(recipe, type(reloaded).__name__, which, last_metrics(run_dir), out.name)
         (tmp / "README.md").write_text(card)
         whole = model.hf_pretraining(recipe.mask) if which == "student" else None

@@ -6,9 +6,14 @@ from multissl.methods.data2vec import Data2Vec
 from multissl.methods.ijepa import IJEPA
 from multissl.methods.mae import MAE
 from multissl.methods.mlm import MaskedLM
+from multissl.methods.simclr import SimCLR
+from multissl.methods.simcse import SimCSE
+from multissl.methods.supcon import SupCon
 
-METHODS: dict[str, type[Method]] = {"data2vec": Data2Vec, "mlm": MaskedLM, "mae": MAE, "bestrq": BestRQ}
-METHODS["ijepa"] = IJEPA
+METHODS: dict[str, type[Method]] = {
+    "data2vec": Data2Vec, "mlm": MaskedLM, "mae": MAE, "bestrq": BestRQ, "ijepa": IJEPA,
+    "simclr": SimCLR, "simcse": SimCSE, "supcon": SupCon,
+}
 
 
 def get_method(name: str) -> type[Method]:
