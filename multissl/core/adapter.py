@@ -141,6 +141,14 @@ class Modality(ABC):
     input_extensions: ClassVar[tuple[str, ...]] = ()
     """File extensions of this modality's inputs (labelled folders of files are read by them)."""
 
+    item_view: ClassVar[str] = "text"
+    """How the curation page shows one input: "text" (the text itself), "image" or "audio" (the file)."""
+
+    @classmethod
+    def preview(cls, item: str) -> tuple[bytes, str]:
+        """(bytes, MIME type) a browser shows for one input file (``item_view`` image or audio)."""
+        raise NotImplementedError(f"{cls.name}: its inputs are shown as text")
+
     @classmethod
     def holds_preprocessor(cls, folder: Path) -> bool:
         """Whether an exported folder's preprocessor is this modality's."""
