@@ -122,8 +122,10 @@ def _features(items: list[Item], adapter, model, preprocessor, pool: str, layer:
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
         return vectors
 
-    usable = [k for k, item in enumerate(items) if item.input.strip()]
-    bad = [(item.id, "empty input") for item in items if not item.input.strip()]
+    problems = [adapter.check_input(model.config, item.input) if item.input.strip() else "empty input"
+                for item in items]
+    usable = [k for k, why in enumerate(problems) if not why]
+    bad = [(item.id, why) for item, why in zip(items, problems, strict=True) if why]
     if bad and strict:
         raise BadItemError(f"{bad[0][0]}: {bad[0][1]} (--strict is set)")
     try:
@@ -211,6 +213,8 @@ def embed(model_dir: str | Path, data: str, out: str | Path, *, pool: str = "mea
     if shard_size < 1 or batch_size < 1:
         raise RecipeError(f"--shard-size {shard_size} / --batch-size {batch_size}: must be at least 1")
     adapter = export_modality(model_dir)
+    if not adapter.padding_exact:
+        batch_size = 1
     items = list_items(data, adapter.input_extensions, input_column, label_column)
     rank, world = _rank_world()
     out = Path(out)
@@ -239,21 +243,20 @@ def embed(model_dir: str | Path, data: str, out: str | Path, *, pool: str = "mea
     labelled = any(i.label is not None for i in items)
     rows = split_dataset_by_node(Dataset.from_dict({"row": list(range(len(items)))}), rank, world)["row"]
     shards = [rows[k:k + shard_size] for k in range(0, len(rows), shard_size)]
-    bar = tqdm(total=len(rows), unit="item", desc=f"embed {Path(data).name or data}", disable=rank != 0)
-    for k, shard in enumerate(shards):
-        path = parts / f"rank{rank:05d}-shard{k:05d}.arrow"
-        if not path.is_file():  # a shard written by an earlier, interrupted run is kept as it is
-            shard_items = [items[r] for r in shard]
-            kept, vectors, skipped = [], [], []
-            for b in range(0, len(shard_items), batch_size):
-                got, v, bad = _features(shard_items[b:b + batch_size], adapter, model, preprocessor, pool, layer,
-                                        normalize, strict)
-                kept += [b + g for g in got]
-                vectors.append(v)
-                skipped += bad
-            _write_shard(path, [shard_items[g] for g in kept], np.concatenate(vectors), labelled, skipped)
-        bar.update(len(shard))
-    bar.close()
+    with tqdm(total=len(rows), unit="item", desc=f"embed {Path(data).name or data}", disable=rank != 0) as bar:
+        for k, shard in enumerate(shards):
+            path = parts / f"rank{rank:05d}-shard{k:05d}.arrow"
+            if not path.is_file():  # a shard written by an earlier, interrupted run is kept as it is
+                shard_items = [items[r] for r in shard]
+                kept, vectors, skipped = [], [], []
+                for b in range(0, len(shard_items), batch_size):
+                    got, v, bad = _features(shard_items[b:b + batch_size], adapter, model, preprocessor, pool, layer,
+                                            normalize, strict)
+                    kept += [b + g for g in got]
+                    vectors.append(v)
+                    skipped += bad
+                _write_shard(path, [shard_items[g] for g in kept], np.concatenate(vectors), labelled, skipped)
+            bar.update(len(shard))
     _barrier(world)
     if rank == 0:
         _finish(out, parts, len(items), data)

@@ -181,6 +181,7 @@ class Audio(Modality):
     config_class = AudioConfig
     input_extensions = AUDIO_EXTENSIONS
     item_view = "audio"
+    padding_exact = False
     hf_untrained = ("masked_spec_embed",)
 
     def build_local(self, enc: EncoderConfig) -> nn.Module:
@@ -289,6 +290,18 @@ class Audio(Modality):
                 valid = model._get_feature_vector_attention_mask(states[0].shape[1], enc["attention_mask"]).bool()
                 rows.append(pool_states(states, valid))
         return np.concatenate(rows)
+
+    @classmethod
+    def check_input(cls, model_config: Any, item: str) -> str:
+        """Unreadable, empty, or shorter than one frame of the encoder's convolutions (which would pool
+        nothing)."""
+        from multissl.modalities.audio.data import Clip, check
+
+        field, jump = 1, 1
+        for k, s in zip(model_config.conv_kernel, model_config.conv_stride, strict=True):
+            field += (k - 1) * jump
+            jump *= s
+        return check(Clip(item, -1, 0), field, 16000)[1]
 
     @classmethod
     def preview(cls, item: str) -> tuple[bytes, str]:
