@@ -235,7 +235,8 @@ def embed(model_dir: str | Path, data: str, out: str | Path, *, pool: str = "mea
         _write_json(out / SETTINGS, asdict(settings))
 
     model = AutoModel.from_pretrained(str(model_dir)).eval()
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    model.to(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
     preprocessor = adapter.load_preprocessor(Path(model_dir))
     depth = model.config.num_hidden_layers + 1
     if not -depth <= layer < depth:

@@ -41,9 +41,13 @@ def choose_kind(n: int) -> str:
 
 
 def _pq_parts(dim: int) -> int:
-    """Sub-quantisers of a product quantiser: the largest divisor of ``dim`` at most ``dim / 2``, each at
-    least 2 dimensions wide."""
-    return max(m for m in range(1, max(dim // 2, 1) + 1) if dim % m == 0)
+    """Sub-quantisers of a product quantiser: the largest divisor of ``dim`` that leaves each at least 4
+    dimensions, and at most 64 of them (each is a k-means of 256 centres to train).
+
+    >>> _pq_parts(64), _pq_parts(768), _pq_parts(30)
+    (16, 64, 6)
+    """
+    return max(m for m in range(1, max(min(dim // 4, 64), 1) + 1) if dim % m == 0)
 
 
 def make_index(kind: str, dim: int, n: int) -> Any:
@@ -78,7 +82,7 @@ def build_index(folder: str | Path, kind: str = "auto", batch_size: int = 10_000
                           "use flat)")
     index = make_index(chosen, dim, n)
     if not index.is_trained:  # IVF-PQ learns its lists and codebooks from a sample
-        rows = np.random.default_rng(seed).permutation(n)[: min(n, 100_000)]
+        rows = np.random.default_rng(seed).permutation(n)[: min(n, 50_000)]
         sample = np.asarray(ds.select(np.sort(rows)).with_format("numpy")["embedding"], dtype=np.float32)
         index.train(sample)
     ds.add_faiss_index("embedding", custom_index=index, batch_size=batch_size)
