@@ -246,15 +246,17 @@ def load_tokenizer(folder: str):
 
 def text_features(model: nn.Module, tokenizer: Any, texts: list[str], pool: str = "mean",
                   batch_size: int = 64) -> np.ndarray:
-    """Every hidden state mean-pooled over non-padding tokens (``pool`` cls: its first token, <s> / [CLS]):
-    (texts, layers + 1, D)."""
+    """Every hidden state mean-pooled over non-padding tokens, or its first token (``pool="cls"``, ``<s>``
+    or ``[CLS]``): (texts, layers + 1, D)."""
     rows = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
                             max_length=model.config.max_position_embeddings - model.config.pad_token_id - 1,
-                            return_tensors="pt")
+                            return_tensors="pt").to(model.device)
             states = model(**enc, output_hidden_states=True).hidden_states
-            rows.append(torch.stack([h[:, 0] for h in states], 1).numpy() if pool == "cls" else
-                        pool_states(states, enc["attention_mask"].bool()))
+            if pool == "cls":
+                rows.append(torch.stack([h[:, 0] for h in states], 1).float().cpu().numpy())
+            else:
+                rows.append(pool_states(states, enc["attention_mask"].bool()))
     return np.concatenate(rows)
