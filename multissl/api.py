@@ -23,7 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from multissl.protocols import DEFAULT_PROTOCOLS
+
 if TYPE_CHECKING:
+    from multissl.protocols import FineTuneConfig
     from multissl.recipe import Recipe, RecipeInfo
 
 __all__ = ["curate", "embed", "export", "load_recipe", "pretrain", "probe", "push", "recipe_keys", "recipes", "search",
@@ -83,20 +86,28 @@ def export(run_dir: str | Path, out_dir: str | Path, *, which: str | None = None
 
 def probe(model_dir: str | Path, data: str | Path, *, label_column: str, input_column: str = "text",
           folds: int = 5, seeds: int = 1, seed: int = 0, baseline: str | Path | None = None, max_samples: int = 0,
-          pool: str = "mean", k: int = 20, sts: str | Path | None = None) -> list[dict[str, Any]]:
-    """Cross-validated linear, k-NN and layer-weighted probes of the frozen features of the export
-    ``model_dir`` on the labelled ``data`` (JSON lines / CSV / parquet, or a folder of class folders),
-    against random init (or the export ``baseline``) on the same folds. Returns one row per model and
-    features (``accuracy``, ``se``, ``gain``, ...); :func:`multissl.probe.format_table` prints them as
-    ``multissl probe`` does. See :func:`multissl.probe.probe` for every argument.
+          pool: str = "mean", k: int = 20, sts: str | Path | None = None,
+          protocols: str | list[str] | tuple[str, ...] = DEFAULT_PROTOCOLS,
+          temperature: float = 0.07, label_fractions: tuple[float, ...] = (0.01, 0.1),
+          finetune: FineTuneConfig | None = None) -> list[dict[str, Any]]:
+    """Cross-validated probes of the export ``model_dir`` on the labelled ``data`` (JSON lines / CSV /
+    parquet, or a folder of class folders) by ``protocols`` (linear, k-NN and DINO's weighted k-NN,
+    layer-weighted, low-shot linear on ``label_fractions`` of the labels; ``finetune`` too when named,
+    with :class:`multissl.finetune.FineTuneConfig` ``finetune``), against random init (or the export
+    ``baseline``) on the same folds. Returns one row per model and features (``accuracy``, ``se``,
+    ``gain``, ...); :func:`multissl.probe.format_table` prints them as ``multissl probe`` does. See
+    :func:`multissl.probe.probe` for every argument.
 
     >>> import multissl
     >>> rows = multissl.probe("out/t1", "labelled.jsonl", label_column="label", seeds=3)  # doctest: +SKIP
+    >>> rows = multissl.probe("out/t1", "labelled.jsonl", label_column="label",
+    ...                       protocols="knn,finetune")  # doctest: +SKIP
     """
     from multissl.probe import probe as run
 
     return run(model_dir, data, label_column=label_column, input_column=input_column, folds=folds, seeds=seeds,
-               seed=seed, baseline=baseline, max_samples=max_samples, pool=pool, k=k, sts=sts)
+               seed=seed, baseline=baseline, max_samples=max_samples, pool=pool, k=k, sts=sts, protocols=protocols,
+               temperature=temperature, label_fractions=label_fractions, finetune=finetune)
 
 
 def push(model_dir: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,

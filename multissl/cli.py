@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
@@ -59,10 +60,19 @@ def _push(args: argparse.Namespace, rest: list[str]) -> None:
 def _probe(args: argparse.Namespace, rest: list[str]) -> None:
     from multissl import api
     from multissl.probe import format_table
+    from multissl.protocols import FineTuneConfig
 
+    try:
+        fractions = tuple(float(f) for f in args.label_fractions.split(","))
+    except ValueError:
+        raise ValueError(f"--label-fractions {args.label_fractions}: expected numbers separated by commas, "
+                         "e.g. 0.01,0.1") from None
+    finetune = FineTuneConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.finetune_batch_size)
     results = api.probe(args.model_dir, args.data, label_column=args.label_column, input_column=args.input_column,
                         folds=args.folds, seeds=args.seeds, seed=args.seed, baseline=args.baseline,
-                        max_samples=args.max_samples, pool=args.pool, k=args.k, sts=args.sts)
+                        max_samples=args.max_samples, pool=args.pool, k=args.k, sts=args.sts,
+                        protocols=args.protocols, temperature=args.temperature, label_fractions=fractions,
+                        finetune=finetune)
     print(format_table(results))
 
 
@@ -259,8 +269,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
     s.set_defaults(func=_push)
 
-    s = sub.add_parser("probe", help="linear, k-NN and layer-weighted probes of frozen features, with standard "
-                                     "errors, against random init (or --baseline) on the same folds")
+    from multissl.protocols import DEFAULT_PROTOCOLS, PROTOCOLS, FineTuneConfig
+
+    tune = FineTuneConfig()
+    s = sub.add_parser("probe", help="linear, k-NN, layer-weighted and low-shot probes of frozen features, and "
+                                     "fine-tuning, with standard errors, against random init (or --baseline) on "
+                                     "the same folds",
+                       epilog="protocols:\n" + "\n".join(
+                           textwrap.fill(text, 100, initial_indent=f"  {name:<10}", subsequent_indent=" " * 12,
+                                         break_on_hyphens=False) for name, text in PROTOCOLS.items()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("model_dir")
     s.add_argument("--data", required=True, help="labelled JSON lines / CSV / parquet file, or class sub-folders")
     s.add_argument("--label-column", required=True)
@@ -273,7 +291,20 @@ def parser() -> argparse.ArgumentParser:
                    help="mean of the tokens or patches, or the CLS token (text: the first token)")
     s.add_argument("--sts", default=None, help="scored sentence pairs (CSV / JSON lines / parquet with sentence1, "
                                                "sentence2, score): adds Spearman's rho of cosine similarities")
-    s.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probe")
+    s.add_argument("--protocols", default=",".join(DEFAULT_PROTOCOLS),
+                   help=f"comma-separated, of {', '.join(PROTOCOLS)} (see below); fine-tuning is slow, so it "
+                        "runs only when named (default: %(default)s)")
+    s.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probes")
+    s.add_argument("--temperature", type=float, default=0.07,
+                   help="T of the weighted k-NN (votes exp(similarity / T), DINO's 0.07)")
+    s.add_argument("--label-fractions", default="0.01,0.1",
+                   help="shares of each training fold's labels for the low-shot linear probes (default: %(default)s)")
+    s.add_argument("--finetune-epochs", type=int, default=tune.epochs, help="fine-tuning: passes over each "
+                                                                            "training fold (default: %(default)s)")
+    s.add_argument("--finetune-lr", type=float, default=tune.lr,
+                   help="fine-tuning: peak AdamW learning rate, warm-up then linear decay (default: %(default)s)")
+    s.add_argument("--finetune-batch-size", type=int, default=tune.batch_size,
+                   help="fine-tuning: examples per update (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_probe)
 

@@ -10,16 +10,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from multissl.modalities import MODALITIES
+from multissl.modalities import MODALITIES, Modality
 
 Featurizer = Callable[[torch.nn.Module, Any, list[Any]], np.ndarray]
 
 
-def load_features_backend(model_dir: str | Path, pool: str = "mean") -> tuple[Any, Featurizer]:
-    """(preprocessor, featurizer) for an exported folder, chosen by the preprocessor it holds."""
+def modality_of(model_dir: str | Path) -> type[Modality]:
+    """The modality adapter whose preprocessor an exported folder holds."""
     folder = Path(model_dir)
     for adapter in MODALITIES.values():
         if adapter.holds_preprocessor(folder):
-            preprocessor = adapter.load_preprocessor(folder)
-            return preprocessor, lambda m, p, x, a=adapter: a.probe_features(m, p, x, pool)
+            return adapter
     raise FileNotFoundError(f"{model_dir}: no tokenizer_config.json or audio/image preprocessor_config.json")
+
+
+def load_features_backend(model_dir: str | Path, pool: str = "mean") -> tuple[Any, Featurizer]:
+    """(preprocessor, featurizer) for an exported folder, chosen by the preprocessor it holds."""
+    adapter = modality_of(model_dir)
+    return adapter.load_preprocessor(model_dir), lambda m, p, x: adapter.probe_features(m, p, x, pool)

@@ -3,7 +3,11 @@ a baseline on the same folds: the same architecture at random initialisation (a 
 or another export. Every row is predicted once by k-fold cross-validation; each accuracy comes with
 its standard error and each gain over the baseline with the standard error of the paired
 difference. With several seeds (fold splits, random inits, classifier seeds) each figure is also
-given as mean ± sd over the seeds."""
+given as mean ± sd over the seeds.
+
+The protocols are those of self-supervised method tables: a linear probe, k-NN votes (DINO's weighted
+one among them), a layer-weighted probe, low-shot linear probes (1% and 10% of the labels) and, on
+request, fine-tuning of the whole encoder under a classification head (see :data:`PROTOCOLS`)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 
 from multissl.classifiers import (
     LayerWeightedProbe,
+    LowShot,
     accuracy_se,
     cross_val_predict,
     folds_of,
@@ -23,7 +28,9 @@ from multissl.classifiers import (
     mean_sd,
     paired_gain,
 )
-from multissl.features import load_features_backend
+from multissl.features import load_features_backend, modality_of
+from multissl.finetune import FineTuner, classifier_loader
+from multissl.protocols import DEFAULT_PROTOCOLS, FineTuneConfig, parse_protocols
 
 
 def read_table(path: str | Path, columns: list[str], max_samples: int = 0, seed: int = 0):
@@ -73,17 +80,29 @@ def read_labelled(data: str | Path, input_column: str, label_column: str, max_sa
     return df
 
 
-def _scores(x: np.ndarray, labels: np.ndarray, folds: list, seed: int, k: int) -> dict[str, tuple[np.ndarray, Any]]:
-    """Per feature kind: (0/1 correctness of every row, the top layer of the layer-weighted probe)."""
-    weighted = LayerWeightedProbe()
-    correct: dict[str, tuple[np.ndarray, Any]] = {}
+def _scores(x: np.ndarray, labels: np.ndarray, folds: list, seed: int, k: int, protocols: tuple[str, ...],
+            temperature: float, fractions: tuple[float, ...]) -> dict[str, tuple[np.ndarray, Any]]:
+    """Per feature kind (a row of the table): (0/1 correctness of every row, the top layer of the
+    layer-weighted probe or None), for the frozen-feature ``protocols``."""
     last = x[:, -1]
-    correct["last layer"] = (cross_val_predict(linear_predict, last, labels, folds, seed) == labels, None)
-    knn = cross_val_predict(lambda a, b, c, s: knn_predict(a, b, c, s, k), last, labels, folds, seed)
-    correct[f"{k}-NN"] = (knn == labels, None)
-    correct["layer-weighted"] = (cross_val_predict(weighted, x, labels, folds, seed) == labels,
-                                 int(weighted.weights.argmax()))
-    return correct
+
+    def correct(predict, features: np.ndarray = last) -> np.ndarray:
+        return cross_val_predict(predict, features, labels, folds, seed) == labels
+
+    scores: dict[str, tuple[np.ndarray, Any]] = {}
+    if "linear" in protocols:
+        scores["last layer"] = (correct(linear_predict), None)
+    if "knn" in protocols:
+        scores[f"{k}-NN"] = (correct(lambda a, b, c, s: knn_predict(a, b, c, s, k)), None)
+        scores[f"{k}-NN T={temperature:g}"] = (correct(lambda a, b, c, s: knn_predict(a, b, c, s, k, temperature)),
+                                               None)
+    if "layers" in protocols:
+        weighted = LayerWeightedProbe()
+        scores["layer-weighted"] = (correct(weighted, x), int(weighted.weights.argmax()))
+    if "lowshot" in protocols:
+        for fraction in fractions:
+            scores[f"linear {100 * fraction:g}%"] = (correct(LowShot(linear_predict, fraction)), None)
+    return scores
 
 
 STS_COLUMNS = ["sentence1", "sentence2", "score"]
@@ -168,13 +187,19 @@ def sts_rows(model_dir: str | Path, sts: str | Path, seeds: int = 1, seed: int =
 
 def probe(model_dir: str | Path, data: str | Path, label_column: str, input_column: str = "text", folds: int = 5,
           seeds: int = 1, seed: int = 0, baseline: str | Path | None = None, max_samples: int = 0,
-          pool: str = "mean", k: int = 20, sts: str | Path | None = None) -> list[dict[str, Any]]:
+          pool: str = "mean", k: int = 20, sts: str | Path | None = None,
+          protocols: str | list[str] | tuple[str, ...] = DEFAULT_PROTOCOLS, temperature: float = 0.07,
+          label_fractions: tuple[float, ...] = (0.01, 0.1), finetune: FineTuneConfig | None = None
+          ) -> list[dict[str, Any]]:
     """Cross-validated probe accuracies of ``model_dir`` and of the baseline (the same architecture at
-    random init, or the export ``baseline``), each with the last layer pooled (logistic regression,
-    and a k-NN vote by cosine similarity) and with a learned weighted sum of all layers; plus the
-    majority class. ``seeds`` repeats everything with seeds ``seed, seed + 1, ...``. ``pool``: mean of
-    the tokens or patches, or the CLS token (text: the first token). ``sts``: a table of scored sentence
-    pairs (sentence1, sentence2, score); adds the sentence-similarity rows of :func:`sts_rows`.
+    random init, or the export ``baseline``) by each of ``protocols`` (:data:`PROTOCOLS`): the last
+    layer pooled (logistic regression; ``k``-NN votes by cosine similarity, plain and at DINO's
+    ``temperature``; the logistic regression on ``label_fractions`` of the labels), a learned weighted
+    sum of all layers, and fine-tuning (``finetune``: its settings); plus the majority class. Every
+    protocol sees the same folds. ``seeds`` repeats everything with seeds ``seed, seed + 1, ...``.
+    ``pool``: mean of the tokens or patches, or the CLS token (text: the first token); fine-tuning
+    uses the pooling of the model's HF classification class. ``sts``: a table of scored sentence pairs
+    (sentence1, sentence2, score); adds the sentence-similarity rows of :func:`sts_rows`.
 
     Each row: ``model``, ``features``, ``accuracy`` (mean over seeds), ``se`` (its standard error,
     averaged over seeds), ``sd`` (over seeds), ``gain`` / ``gain_se`` / ``gain_sd`` (the model over the
@@ -184,6 +209,16 @@ def probe(model_dir: str | Path, data: str | Path, label_column: str, input_colu
     """
     from transformers import AutoConfig, AutoModel
 
+    protocols = parse_protocols(protocols)
+    if not temperature > 0:
+        raise ValueError(f"--temperature {temperature}: needs a positive temperature")
+    if k < 1:
+        raise ValueError(f"--k {k}: needs at least one neighbour")
+    for fraction in label_fractions:
+        if not 0 < fraction < 1:
+            raise ValueError(f"--label-fractions {fraction}: needs a share of the labels between 0 and 1")
+    finetune = finetune or FineTuneConfig()
+    finetune.validate()
     df = read_labelled(data, input_column, label_column, max_samples, seed)
     labels = df[label_column].astype(str).to_numpy()
     if len(set(labels)) < 2:
@@ -191,24 +226,40 @@ def probe(model_dir: str | Path, data: str | Path, label_column: str, input_colu
     if not 2 <= folds <= len(labels):
         raise ValueError(f"--folds {folds}: needs 2 to {len(labels)} (the number of labelled rows)")
     inputs = df[input_column].tolist()
+    frozen = tuple(p for p in protocols if p != "finetune")
     preprocessor, featurize = load_features_backend(model_dir, pool)
-    features = featurize(AutoModel.from_pretrained(model_dir).eval(), preprocessor, inputs)
+    features = featurize(AutoModel.from_pretrained(model_dir).eval(), preprocessor, inputs) if frozen else None
     fixed_baseline = None
-    if baseline is not None:
+    if baseline is not None and frozen:
         base_pre, base_featurize = load_features_backend(baseline, pool)
         fixed_baseline = base_featurize(AutoModel.from_pretrained(baseline).eval(), base_pre, inputs)
     base_name = Path(baseline).name if baseline is not None else "random init"
+    if "finetune" in protocols:  # the row numbers are the "features" that a FineTuner reads inputs by
+        rows = np.arange(len(inputs))[:, None]
+        ours_tuner = FineTuner(classifier_loader(model_dir), modality_of(model_dir).model_inputs, preprocessor, inputs,
+                               finetune)
+        base_dir = baseline if baseline is not None else model_dir
+        theirs_tuner = FineTuner(classifier_loader(base_dir, random_init=baseline is None),
+                                 modality_of(base_dir).model_inputs, load_features_backend(base_dir)[0], inputs,
+                                 finetune)
 
     per_seed: dict[tuple[str, str], list[dict[str, float]]] = {}
     for s in range(seed, seed + seeds):
         split = folds_of(labels, folds, s)
-        if fixed_baseline is None:
-            torch.manual_seed(s)
-            random_model = AutoModel.from_config(AutoConfig.from_pretrained(model_dir)).eval()
-            base_x = featurize(random_model, preprocessor, inputs)
-        else:
-            base_x = fixed_baseline
-        ours, theirs = _scores(features, labels, split, s, k), _scores(base_x, labels, split, s, k)
+        ours: dict[str, tuple[np.ndarray, Any]] = {}
+        theirs: dict[str, tuple[np.ndarray, Any]] = {}
+        if frozen:
+            if fixed_baseline is None:
+                torch.manual_seed(s)
+                random_model = AutoModel.from_config(AutoConfig.from_pretrained(model_dir)).eval()
+                base_x = featurize(random_model, preprocessor, inputs)
+            else:
+                base_x = fixed_baseline
+            ours = _scores(features, labels, split, s, k, frozen, temperature, label_fractions)
+            theirs = _scores(base_x, labels, split, s, k, frozen, temperature, label_fractions)
+        if "finetune" in protocols:
+            ours["fine-tuned"] = (cross_val_predict(ours_tuner, rows, labels, split, s) == labels, None)
+            theirs["fine-tuned"] = (cross_val_predict(theirs_tuner, rows, labels, split, s) == labels, None)
         for kind, (c, top) in ours.items():
             acc, se = accuracy_se(c)
             gain, gain_se = paired_gain(c, theirs[kind][0])

@@ -181,6 +181,12 @@ class Modality(ABC):
         return False
 
     @classmethod
+    def model_inputs(cls, preprocessor: Any, inputs: list[Any], model_config: Any) -> Any:
+        """The keyword arguments of an HF model with ``model_config`` for a batch of ``inputs`` (texts,
+        files), padded, as the preprocessor's batch (``.to(device)`` moves it); for probes and fine-tuning."""
+        raise NotImplementedError(f"{cls.name}: no model inputs")
+
+    @classmethod
     def probe_features(cls, model: nn.Module, preprocessor: Any, inputs: list[Any], pool: str = "mean") -> Any:
         """Every hidden state of an HF ``model`` pooled per input: an array (inputs, layers + 1, D)."""
         raise NotImplementedError(f"{cls.name}: no probe features")

@@ -157,8 +157,9 @@ def test_audio_probe_pretrained_random_and_layer_weighted(tmp_path, speech_dir, 
                                                 str(tmp_path / "run"), "--max_steps", "2"])
     out = export(pretrain(r), tmp_path / "out")
     results = probe(out, digits_labels, label_column="label", input_column="path", folds=3)
-    assert [(x["model"], x["features"]) for x in results][::3] == [
-        ("pretrained", "last layer"), ("random init", "last layer"), ("majority class", "-")]
+    names = [(x["model"], x["features"]) for x in results]
+    assert {("pretrained", "last layer"), ("random init", "last layer")} <= set(names)
+    assert names[-1] == ("majority class", "-")
     majority = accuracy(results, "majority class")
     assert majority == pytest.approx(0.1, abs=0.05)  # 10 balanced digit words
     # Even a barely trained encoder's features separate spoken digits far above chance.

@@ -279,19 +279,24 @@ class Audio(Modality):
         return path.is_file() and "sampling_rate" in json.loads(path.read_text())
 
     @classmethod
-    def probe_features(cls, model: nn.Module, preprocessor: Any, inputs: list[Any], pool: str = "mean") -> np.ndarray:
-        """Every hidden state mean-pooled over real (non-padding) frames: (files, layers + 1, D)."""
+    def model_inputs(cls, preprocessor: Any, inputs: list[Any], model_config: Any) -> Any:
+        """``input_values`` and ``attention_mask`` of a batch of audio files, read at the preprocessor's
+        sample rate and padded."""
         from multissl.modalities.audio.data import read_audio
 
+        rate = preprocessor.sampling_rate
+        return preprocessor([read_audio(p, rate) for p in inputs], sampling_rate=rate, padding=True,
+                            return_attention_mask=True, return_tensors="pt")
+
+    @classmethod
+    def probe_features(cls, model: nn.Module, preprocessor: Any, inputs: list[Any], pool: str = "mean") -> np.ndarray:
+        """Every hidden state mean-pooled over real (non-padding) frames: (files, layers + 1, D)."""
         if pool != "mean":
             raise ValueError(f"--pool {pool}: speech encoders have no CLS token; use --pool mean")
-        rate = preprocessor.sampling_rate
         rows = []
         with torch.no_grad():
             for i in range(0, len(inputs), 16):
-                wavs = [read_audio(p, rate) for p in inputs[i:i + 16]]
-                enc = preprocessor(wavs, sampling_rate=rate, padding=True, return_attention_mask=True,
-                                   return_tensors="pt").to(model.device)
+                enc = cls.model_inputs(preprocessor, inputs[i:i + 16], model.config).to(model.device)
                 states = model(**enc, output_hidden_states=True).hidden_states
                 valid = model._get_feature_vector_attention_mask(states[0].shape[1], enc["attention_mask"]).bool()
                 rows.append(pool_states(states, valid))

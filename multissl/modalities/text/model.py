@@ -169,6 +169,10 @@ class Text(Modality):
                 f'tokenizer = AutoTokenizer.from_pretrained("{name}")']
 
     @classmethod
+    def model_inputs(cls, preprocessor: Any, inputs: list[Any], model_config: Any) -> Any:
+        return text_inputs(preprocessor, inputs, model_config)
+
+    @classmethod
     def probe_features(cls, model: nn.Module, preprocessor: Any, inputs: list[Any], pool: str = "mean") -> np.ndarray:
         return text_features(model, preprocessor, inputs, pool)
 
@@ -244,6 +248,14 @@ def load_tokenizer(folder: str):
     return AutoTokenizer.from_pretrained(folder)
 
 
+def text_inputs(tokenizer: Any, texts: list[str], model_config: Any) -> Any:
+    """``input_ids`` and ``attention_mask`` of a batch of texts, padded, cut to the positions the model has
+    (RoBERTa-style positions start after the padding id)."""
+    return tokenizer(texts, padding=True, truncation=True,
+                     max_length=model_config.max_position_embeddings - model_config.pad_token_id - 1,
+                     return_tensors="pt")
+
+
 def text_features(model: nn.Module, tokenizer: Any, texts: list[str], pool: str = "mean",
                   batch_size: int = 64) -> np.ndarray:
     """Every hidden state mean-pooled over non-padding tokens, or its first token (``pool="cls"``, ``<s>``
@@ -251,9 +263,7 @@ def text_features(model: nn.Module, tokenizer: Any, texts: list[str], pool: str 
     rows = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
-                            max_length=model.config.max_position_embeddings - model.config.pad_token_id - 1,
-                            return_tensors="pt").to(model.device)
+            enc = text_inputs(tokenizer, texts[i:i + batch_size], model.config).to(model.device)
             states = model(**enc, output_hidden_states=True).hidden_states
             if pool == "cls":
                 rows.append(torch.stack([h[:, 0] for h in states], 1).float().cpu().numpy())

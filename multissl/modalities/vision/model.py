@@ -216,16 +216,20 @@ class Vision(Modality):
         return path.is_file() and "image_processor_type" in json.loads(path.read_text())
 
     @classmethod
+    def model_inputs(cls, preprocessor: Any, inputs: list[Any], model_config: Any) -> Any:
+        """``pixel_values`` of a batch of image files (or anything :class:`Picture` opens)."""
+        from multissl.modalities.vision.data import Picture
+
+        return preprocessor([Picture(p).open() for p in inputs], return_tensors="pt")
+
+    @classmethod
     def probe_features(cls, model: nn.Module, preprocessor: Any, inputs: list[Any], pool: str = "mean") -> np.ndarray:
         """Every hidden state pooled: the mean over patches, or the CLS token (``pool="cls"``):
         (images, layers + 1, D)."""
-        from multissl.modalities.vision.data import Picture
-
         rows = []
         with torch.no_grad():
             for i in range(0, len(inputs), 64):
-                images = [Picture(p).open() for p in inputs[i:i + 64]]
-                pixels = preprocessor(images, return_tensors="pt").to(model.device)
+                pixels = cls.model_inputs(preprocessor, inputs[i:i + 64], model.config).to(model.device)
                 states = model(**pixels, output_hidden_states=True).hidden_states
                 if pool == "cls":
                     rows.append(torch.stack([h[:, 0] for h in states], 1).float().cpu().numpy())
