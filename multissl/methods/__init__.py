@@ -2,11 +2,12 @@
 
 from multissl.methods.base import Method
 from multissl.methods.bestrq import BestRQ
+from multissl.methods.byol import BYOL
 from multissl.methods.data2vec import Data2Vec
 from multissl.methods.mae import MAE
 from multissl.methods.mlm import MaskedLM
 
-METHODS: dict[str, type[Method]] = {"data2vec": Data2Vec, "mlm": MaskedLM, "mae": MAE, "bestrq": BestRQ}
+METHODS: dict[str, type[Method]] = {"data2vec": Data2Vec, "mlm": MaskedLM, "mae": MAE, "bestrq": BestRQ, "byol": BYOL}
 
 
 def get_method(name: str) -> type[Method]:
