@@ -10,9 +10,8 @@ does), so the same objective runs on images and on speech.
 
 The projector and the predictor are MLPs with batch norm (the paper's: 4096 hidden, 256 out). Each
 view goes through the heads on its own, as in the paper's reference, so batch norm takes its
-statistics over one view of the batch. Under DDP on CUDA the heads' batch norms are SyncBatchNorm
-(the statistics of the global batch; the target's copies too); PyTorch's SyncBatchNorm runs only on
-accelerators, so on several CPU ranks (gloo) each rank normalises over its own rows (a warning says so).
+statistics over one view of the batch; under data parallelism over that view of the global batch
+(:class:`multissl.core.batchnorm.GlobalBatchNorm1d`, on CPU ranks too; the target's copies alike).
 
 The target's batch norms normalise with the batch statistics, as the online network's do; they never
 use or update running statistics: the EMA copies the online network's running statistics (buffers) to
@@ -25,7 +24,6 @@ the target at each update, so they always equal the online network's.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,16 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from multissl.core.adapter import PARTS, Modality, StudentView
+from multissl.core.batchnorm import global_batch_norm
 from multissl.core.blocks import EncoderConfig
-from multissl.core.distributed import all_sum, global_mean, world_size
+from multissl.core.distributed import all_sum, global_mean
 from multissl.core.ema import EMAConfig
 from multissl.core.heads import MLPConfig, mlp, pool
 from multissl.core.health import compute_var, effective_rank
 from multissl.core.init import bert_init
 from multissl.core.losses.byol import byol_loss
 from multissl.methods.base import Method
-
-log = logging.getLogger(__name__)
 
 VIEWS = 2
 """BYOL compares two global views of each sample."""
@@ -153,20 +150,12 @@ class BYOL(Method):
 
     def __init__(self, modality: Modality, encoder: EncoderConfig, cfg: BYOLConfig, run_steps: int = 0):
         super().__init__(modality, encoder, cfg, run_steps)
-        self.projector = mlp(encoder.dim, cfg.projector)
-        self.predictor = mlp(cfg.projector.out_dim, cfg.predictor)
+        # batch norms over the global batch (on CPU ranks too), so N ranks train what one rank does
+        self.projector = global_batch_norm(mlp(encoder.dim, cfg.projector))
+        self.predictor = global_batch_norm(mlp(cfg.projector.out_dim, cfg.predictor))
         for head in (self.projector, self.predictor):
             head.apply(bert_init)
-        if world_size() > 1:
-            if torch.cuda.is_available():  # the Trainer runs on CUDA when there is one
-                self.projector = nn.SyncBatchNorm.convert_sync_batchnorm(self.projector)
-                self.predictor = nn.SyncBatchNorm.convert_sync_batchnorm(self.predictor)
-            else:
-                log.warning("method byol: the heads' batch norms use each rank's own rows (PyTorch's SyncBatchNorm "
-                            "needs CUDA), so %d CPU ranks do not follow one rank with the same global batch",
-                            world_size())
-        # the target network: an EMA of the whole encoder and of the projector (made after the conversion,
-        # so its batch norms are synchronised alike)
+        # the target network: an EMA of the whole encoder and of the projector
         self.init_teacher(PARTS, (), cfg.ema, run_steps, heads=["projector"])
 
     def pooled(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
