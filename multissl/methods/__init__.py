@@ -3,10 +3,12 @@
 from multissl.methods.base import Method
 from multissl.methods.bestrq import BestRQ
 from multissl.methods.data2vec import Data2Vec
+from multissl.methods.dino import DINO
 from multissl.methods.mae import MAE
 from multissl.methods.mlm import MaskedLM
 
-METHODS: dict[str, type[Method]] = {"data2vec": Data2Vec, "mlm": MaskedLM, "mae": MAE, "bestrq": BestRQ}
+METHODS: dict[str, type[Method]] = {"data2vec": Data2Vec, "mlm": MaskedLM, "mae": MAE, "bestrq": BestRQ,
+                                 "dino": DINO}
 
 
 def get_method(name: str) -> type[Method]:
