@@ -340,10 +340,12 @@ def test_config_errors_name_the_key():
 
 @pytest.fixture(scope="module")
 def ibot_args(image_dirs) -> list[str]:
-    """ibot-tiny made tiny, with KoLeo on: every part of the loss that reads the global batch."""
+    """ibot-tiny made tiny, with KoLeo on (every part of the loss reads the global batch), and the teacher
+    temperature's warm-up and the prototypes' freeze running across the checkpoint at update 3."""
     return [*TINY, "--data", str(image_dirs[0]), "--method.koleo_weight", "0.1", "--max_steps", "6",
-            "--save_steps", "3", "--logging_steps", "1", "--warmup_steps", "1", "--method.freeze_prototypes", "2",
-            "--mask.length", "2"]
+            "--save_steps", "3", "--logging_steps", "1", "--warmup_steps", "1", "--method.freeze_prototypes", "4",
+            "--method.teacher_temp_start", "0.04", "--method.teacher_temp", "0.07", "--method.teacher_temp_warmup",
+            "1.0", "--mask.length", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -370,11 +372,17 @@ def test_two_ranks_follow_one_rank_with_the_same_global_batch(one_rank, ibot_arg
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     assert {"center", "patch_center"} <= set(one) and float(one["center"].abs().max()) > 0
     assert max((one[k].double() - r0[k].double()).abs().max().item() for k in one) < 1e-4
+    from transformers import ViTModel
+
+    from multissl.export.hf import export
+
+    out = export(one_rank / "run", tmp_path / "export")  # ibot-tiny's run: parity with the HF class checked
+    assert isinstance(ViTModel.from_pretrained(out), ViTModel)
 
 
 def test_a_run_killed_with_sigkill_resumes_exactly(one_rank, ibot_args, tmp_path):
     args = [*ibot_args, "--batch_size", "4", "--output_dir", str(tmp_path / "run")]
-    killed = spawn(RECIPES / "ibot-tiny.yaml", args, {"STEP_SLEEP": "0.5"})
+    killed = spawn(RECIPES / "ibot-tiny.yaml", args, {"STEP_SLEEP": "0.3"})
     deadline = time.time() + 300
     while not (tmp_path / "run" / "checkpoint-3").is_dir():  # published whole, by a rename
         assert killed.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
