@@ -221,6 +221,8 @@ class Recipe:
             raise RecipeError(f"data.label_column: method {self.method.name!r} takes no labels (remove it)")
         try:
             get_method(self.method.name).check(self.method, self.encoder, self.mask)
+            if views is not None and get_method(self.method.name).student_view(self.method).views:
+                get_method(self.method.name).check_views(self.method, views)
         except ValueError as e:
             raise RecipeError(str(e)) from None
 

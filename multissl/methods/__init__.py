@@ -2,7 +2,9 @@
 
 from multissl.methods.base import Method
 from multissl.methods.bestrq import BestRQ
+from multissl.methods.byol import BYOL
 from multissl.methods.data2vec import Data2Vec
+from multissl.methods.dino import DINO
 from multissl.methods.ijepa import IJEPA
 from multissl.methods.mae import MAE
 from multissl.methods.mlm import MaskedLM
@@ -12,7 +14,7 @@ from multissl.methods.supcon import SupCon
 
 METHODS: dict[str, type[Method]] = {
     "data2vec": Data2Vec, "mlm": MaskedLM, "mae": MAE, "bestrq": BestRQ, "ijepa": IJEPA,
-    "simclr": SimCLR, "simcse": SimCSE, "supcon": SupCon,
+    "byol": BYOL, "simclr": SimCLR, "simcse": SimCSE, "supcon": SupCon, "dino": DINO,
 }
 
 
