@@ -29,22 +29,23 @@ RECIPES = ["text/tiny", "text/tiny-v2", "audio/tiny", "vision/tiny"]
 PROBES = {"text": ("text", "label"), "audio": ("path", "label"), "vision": ("path", "label")}
 
 
-def datasets(out: Path) -> dict[str, dict[str, Any]]:
+def datasets(out: Path, modalities: tuple[str, ...] = ("text", "audio", "vision")) -> dict[str, dict[str, Any]]:
     """Per modality: the pretraining data, the labelled probe data, and (text) a tokenizer trained on
-    the pretraining corpus."""
+    the pretraining corpus. Only ``modalities``' data is made."""
     from multissl.tokenizer import train_tokenizer
 
     text, speech, vision = out / "text", out / "speech", out / "vision"
-    if not (text / "probe.jsonl").exists():
+    if "text" in modalities and not (text / "probe.jsonl").exists():
         heldout_data.wordnet_glosses(text)
-    if not (speech / "labels.csv").exists():
+    if "audio" in modalities and not (speech / "labels.csv").exists():
         heldout_data.klettres(speech)
-    if not (vision / "labelled" / "labels.csv").exists():
+    if "vision" in modalities and not (vision / "labelled" / "labels.csv").exists():
         heldout_data.digits(vision)
-    if not (text / "tokenizer" / "tokenizer_config.json").exists():
+    if "text" in modalities and not (text / "tokenizer" / "tokenizer_config.json").exists():
         train_tokenizer([text / "corpus.txt"], text / "tokenizer", kind="bpe", vocab_size=8000)
-    if not (text / "pretrain-labels.jsonl").exists() or not (vision / "pretrain-labels.csv").exists():
+    if "text" in modalities and not (text / "pretrain-labels.jsonl").exists():
         heldout_data.wordnet_glosses(text)  # written by newer versions of these makers only
+    if "vision" in modalities and not (vision / "pretrain-labels.csv").exists():
         heldout_data.digits(vision)
     return {"text": {"data": text / "corpus.txt", "probe": text / "probe.jsonl", "tokenizer": text / "tokenizer",
                      "labelled": text / "pretrain-labels.jsonl"},
@@ -53,14 +54,32 @@ def datasets(out: Path) -> dict[str, dict[str, Any]]:
                        "labelled": vision / "pretrain-labels.csv"}}
 
 
-def probe_row(model_dir: Path, modality: str, data: dict[str, Any], seed: int) -> dict[str, float]:
+def probe_key(features: str) -> str | None:
+    """The results.jsonl name of a probe row: linear, knn, knn_weighted (DINO's, at any temperature),
+    weighted (layer-weighted), lowshot1 / lowshot10 (the linear probe on 1% / 10% of the labels).
+
+    >>> [probe_key(f) for f in ("last layer", "20-NN", "20-NN T=0.07", "linear 10%", "-")]
+    ['linear', 'knn', 'knn_weighted', 'lowshot10', None]
+    """
+    if features.startswith("20-NN T="):
+        return "knn_weighted"
+    if features.startswith("linear ") and features.endswith("%"):
+        return "lowshot" + features.split()[1].rstrip("%")
+    return {"last layer": "linear", "20-NN": "knn", "layer-weighted": "weighted"}.get(features)
+
+
+def probe_row(model_dir: Path, modality: str, data: dict[str, Any], seed: int, protocols: str | None = None
+              ) -> dict[str, float]:
+    """Every probe accuracy (and its SE; the gain over random init and its paired SE) by
+    :func:`probe_key`; ``protocols`` as ``multissl probe --protocols`` (default: its default)."""
     from multissl.probe import probe
 
     input_column, label_column = PROBES[modality]
-    res = probe(model_dir, data["probe"], label_column=label_column, input_column=input_column, folds=5, seed=seed)
+    res = probe(model_dir, data["probe"], label_column=label_column, input_column=input_column, folds=5, seed=seed,
+                **({"protocols": protocols} if protocols else {}))
     row: dict[str, float] = {}
     for r in res:
-        key = {"last layer": "linear", "20-NN": "knn", "layer-weighted": "weighted"}.get(r["features"])
+        key = probe_key(r["features"])
         if key is None:
             continue
         prefix = "" if r["model"] == "pretrained" else "random_"
@@ -77,8 +96,11 @@ def last_log(run_dir: Path) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def run_recipe(name: str, seed: int, data: dict[str, Any], out: Path, extra: list[str]) -> tuple[dict, Any]:
-    """Pretrain, export and probe one recipe at one seed; also returns the recipe (for the peer)."""
+def run_recipe(name: str, seed: int, data: dict[str, Any], out: Path, extra: list[str],
+               clock: peers.TrainingClock | None = None, protocols: str | None = None) -> tuple[dict, Any]:
+    """Pretrain, export and probe one recipe at one seed; also returns the recipe (for the peer).
+    ``clock``: the training clock (a budget stops the run when its CPU seconds are spent);
+    ``protocols``: the probes to run (default: ``multissl probe``'s)."""
     from multissl.export.hf import export
     from multissl.methods import get_method
     from multissl.recipe import load_recipe
@@ -93,14 +115,14 @@ def run_recipe(name: str, seed: int, data: dict[str, Any], out: Path, extra: lis
     if "tokenizer" in data:
         args += ["--tokenizer", str(data["tokenizer"])]
     recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", args)
-    clock = peers.TrainingClock()
+    clock = clock or peers.TrainingClock()
     run_dir = pretrain(recipe, overwrite=True, callbacks=[clock])
     model_dir = export(run_dir, out / "export", overwrite=True)
     logged = last_log(run_dir)
     row = {"method": f"multissl {name}", "seed": seed, "steps": clock.steps, "seconds": round(clock.seconds, 1),
            "wall_seconds": round(clock.wall_seconds, 1),
            **{k: logged.get(k) for k in ("teacher_init_share", "target_pos_share", "student_rank", "teacher_rank")},
-           **probe_row(model_dir, recipe.modality, data, seed)}
+           **probe_row(model_dir, recipe.modality, data, seed, protocols)}
     return row, recipe
 
 
