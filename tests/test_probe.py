@@ -140,7 +140,7 @@ def test_low_shot_takes_a_stratified_share_of_each_class():
     assert (LowShot(linear_predict, 0.01)(x[:200], y[:200], x[200:], 0) == y[200:]).all()
 
 
-def test_protocol_and_setting_errors_name_the_option(tmp_path):
+def test_protocol_and_setting_errors_name_the_option(tmp_path, capsys):
     from multissl.protocols import FineTuneConfig, parse_protocols
 
     assert parse_protocols("finetune, knn") == ("knn", "finetune")
@@ -152,6 +152,16 @@ def test_protocol_and_setting_errors_name_the_option(tmp_path):
     for kwargs, message in cases:  # checked before anything is read
         with pytest.raises(ValueError, match=message.replace("(", r"\(")):
             probe(tmp_path / "none", tmp_path / "none.csv", label_column="label", **kwargs)
+    # the command line's own parsing of the shares, and its options reach the same checks
+    from multissl.cli import main
+
+    for option, value, message in (("--label-fractions", "0.01,ten", "--label-fractions 0.01,ten: expected numbers"),
+                                   ("--protocols", "knn,svm", "--protocols svm: unknown protocol"),
+                                   ("--finetune-epochs", "0", "--finetune-epochs 0")):
+        assert main(["probe", str(tmp_path / "none"), "--data", str(tmp_path / "none.csv"), "--label-column", "label",
+                     option, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
 
 
 def test_fine_tuning_learns_plain_from_inverted_digits(tmp_path, image_dirs):
