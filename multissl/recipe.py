@@ -215,6 +215,8 @@ class Recipe:
             raise RecipeError(str(e)) from None
         try:
             get_method(self.method.name).check(self.method, self.encoder, self.mask)
+            if views is not None and get_method(self.method.name).student_view(self.method).views:
+                get_method(self.method.name).check_views(self.method, views)
         except ValueError as e:
             raise RecipeError(str(e)) from None
 

@@ -48,6 +48,12 @@ class Method(TeacherStudent):
     def check(cls, cfg: Any, encoder: EncoderConfig, mask: Any) -> None:
         """Checks across recipe sections (raise ``ValueError`` naming the keys); none by default."""
 
+    @classmethod
+    def check_views(cls, cfg: Any, views: Any) -> None:
+        """Checks of the recipe's ``views`` section (an instance of the modality's ``views_class``) for
+        objectives that take views, e.g. how many views they compare; raise ``ValueError`` naming the
+        key. None by default."""
+
     def hf_task(self) -> tuple[str, dict[str, torch.Tensor]] | None:
         """For objectives whose pretraining head has a Hugging Face class: (the transformers Auto class
         of the export, e.g. ``AutoModelForMaskedLM``; the head's tensors under that class's names).
