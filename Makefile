@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# espeak-ng synthesises the spoken corpora used by the speech tests, demo and benchmarks.
+# espeak-ng synthesises the spoken corpora used by the speech tests, demo and benchmarks; chromium and
+# chromium-driver run the curation page's browser test (headless).
 sysdeps:
-	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
+	@command -v espeak-ng >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq espeak-ng chromium chromium-driver >/dev/null; }
 
 setup: sysdeps $(STAMP)
 

@@ -16,7 +16,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-API = ("export", "load_recipe", "pretrain", "probe", "push", "recipe_keys", "recipes", "show_recipe")
+API = ("curate", "embed", "export", "load_recipe", "pretrain", "probe", "push", "recipe_keys", "recipes", "search",
+       "select", "show_recipe")
 __all__ = ["__version__", *API]
 
 

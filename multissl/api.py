@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from multissl.recipe import Recipe, RecipeInfo
 
-__all__ = ["export", "load_recipe", "pretrain", "probe", "push", "recipe_keys", "recipes", "show_recipe"]
+__all__ = ["curate", "embed", "export", "load_recipe", "pretrain", "probe", "push", "recipe_keys", "recipes", "search",
+           "select", "show_recipe"]
 
 
 def _keys(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -64,11 +65,12 @@ def pretrain(recipe: str | Path | Recipe, /, *, resume: bool = False, overwrite:
     return run(load_recipe(recipe, **overrides), resume=resume, overwrite=overwrite)
 
 
-def export(run_dir: str | Path, out_dir: str | Path, *, which: str = "student", arch: str | None = None,
+def export(run_dir: str | Path, out_dir: str | Path, *, which: str | None = None, arch: str | None = None,
            overwrite: bool = False) -> Path:
-    """Write the encoder of the run ``run_dir`` (its ``which``: student or teacher) to ``out_dir`` as a
-    Hugging Face model folder with its preprocessor and a model card; returns ``out_dir``. ``arch``
-    picks the class family where there is a choice (``roberta`` for text). What ``multissl export`` runs.
+    """Write the encoder of the run ``run_dir`` (its ``which``: student or teacher; by default the one
+    the objective's paper evaluates) to ``out_dir`` as a Hugging Face model folder with its preprocessor
+    and a model card; returns ``out_dir``. ``arch`` picks the class family where there is a choice
+    (``roberta`` for text). What ``multissl export`` runs.
 
     >>> import multissl
     >>> out = multissl.export("runs/t1", "out/t1")  # doctest: +SKIP
@@ -81,7 +83,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, which: str = "student", 
 
 def probe(model_dir: str | Path, data: str | Path, *, label_column: str, input_column: str = "text",
           folds: int = 5, seeds: int = 1, seed: int = 0, baseline: str | Path | None = None, max_samples: int = 0,
-          pool: str = "mean", k: int = 20) -> list[dict[str, Any]]:
+          pool: str = "mean", k: int = 20, sts: str | Path | None = None) -> list[dict[str, Any]]:
     """Cross-validated linear, k-NN and layer-weighted probes of the frozen features of the export
     ``model_dir`` on the labelled ``data`` (JSON lines / CSV / parquet, or a folder of class folders),
     against random init (or the export ``baseline``) on the same folds. Returns one row per model and
@@ -94,7 +96,7 @@ def probe(model_dir: str | Path, data: str | Path, *, label_column: str, input_c
     from multissl.probe import probe as run
 
     return run(model_dir, data, label_column=label_column, input_column=input_column, folds=folds, seeds=seeds,
-               seed=seed, baseline=baseline, max_samples=max_samples, pool=pool, k=k)
+               seed=seed, baseline=baseline, max_samples=max_samples, pool=pool, k=k, sts=sts)
 
 
 def push(model_dir: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
@@ -146,3 +148,62 @@ def recipe_keys(recipe: str | Path | Recipe | None = None, /, **overrides: Any) 
 
     name = recipe if isinstance(recipe, str | Path) else ""
     return keys_help(load_recipe(recipe, **overrides), str(name))
+
+
+def embed(model_dir: str | Path, data: str, out: str | Path, *, pool: str = "mean", layer: int = -1,
+          normalize: bool = False, strict: bool = False, batch_size: int = 32, shard_size: int = 1024,
+          input_column: str = "", label_column: str = "label", overwrite: bool = False, index: str = "auto",
+          make_map: bool = False) -> Path:
+    """Embed every item of ``data`` (files, folders, tables, ``datasets`` folders) with the export
+    ``model_dir`` into the ``datasets`` folder ``out`` (id, input, label where the data has one,
+    embedding), in shards, resumable; build its vector index and, with ``make_map``, ``out/map.png``.
+    Under ``torchrun`` each rank embeds its part. What ``multissl embed`` runs; see
+    :func:`multissl.curate.embed.embed`.
+
+    >>> import multissl
+    >>> emb = multissl.embed("out/v1", "photos/", "emb/", normalize=True)  # doctest: +SKIP
+    """
+    from multissl.curate.embed import embed as run
+
+    return run(model_dir, data, out, pool=pool, layer=layer, normalize=normalize, strict=strict,
+               batch_size=batch_size, shard_size=shard_size, input_column=input_column, label_column=label_column,
+               overwrite=overwrite, index=index, make_map=make_map)
+
+
+def search(emb: str | Path, query: list[str], *, avoid: list[str] = (), k: int = 20,
+           reindex: str | None = None) -> list[dict[str, Any]]:
+    """The ``k`` items of the embeddings folder ``emb`` most like the items ``query`` and least like
+    ``avoid`` (by id): id, input, label, score each. What ``multissl search`` runs.
+
+    >>> import multissl
+    >>> hits = multissl.search("emb/", ["photos/cat1.png"], k=5)  # doctest: +SKIP
+    """
+    from multissl.curate.search import search as run
+
+    return run(emb, list(query), list(avoid), k=k, reindex=reindex)
+
+
+def select(emb: str | Path, budget: int, *, strategy: str = "kcenter", labels: str | Path | None = None,
+           seed: int = 0, measure: str = "margin", out: str | Path | None = None) -> list[dict[str, Any]]:
+    """``budget`` items of ``emb`` to label next by ``strategy`` (kcenter, kmeans, uncertainty, random),
+    leaving out the labelled ones; written to ``out`` (default ``emb/next.csv``). What ``multissl
+    select`` runs; see :mod:`multissl.curate.select`.
+
+    >>> import multissl
+    >>> batch = multissl.select("emb/", 100, strategy="kcenter")  # doctest: +SKIP
+    """
+    from multissl.curate.select import select as run
+
+    return run(emb, budget, strategy, labels=labels, seed=seed, measure=measure, out=out)
+
+
+def curate(emb: str | Path, *, port: int = 8765, host: str = "127.0.0.1", classes: list[str] | tuple[str, ...] = ()
+           ) -> None:
+    """Serve the labelling page of the embeddings folder ``emb`` on ``host:port`` until interrupted.
+
+    >>> import multissl
+    >>> multissl.curate("emb/", classes=["cat", "dog"])  # doctest: +SKIP
+    """
+    from multissl.curate.server import serve
+
+    serve(emb, port=port, host=host, classes=classes)

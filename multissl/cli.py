@@ -46,7 +46,7 @@ def _export(args: argparse.Namespace, rest: list[str]) -> None:
     from multissl import api
 
     out = api.export(args.run_dir, args.out_dir, which=args.which, arch=args.arch, overwrite=args.overwrite)
-    print(f"exported {args.which} to {out}")
+    print(f"exported {args.which or 'the evaluated encoder'} to {out}")
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> None:
@@ -62,7 +62,7 @@ def _probe(args: argparse.Namespace, rest: list[str]) -> None:
 
     results = api.probe(args.model_dir, args.data, label_column=args.label_column, input_column=args.input_column,
                         folds=args.folds, seeds=args.seeds, seed=args.seed, baseline=args.baseline,
-                        max_samples=args.max_samples, pool=args.pool, k=args.k)
+                        max_samples=args.max_samples, pool=args.pool, k=args.k, sts=args.sts)
     print(format_table(results))
 
 
@@ -136,6 +136,86 @@ def _word2vec_eval(args: argparse.Namespace, rest: list[str]) -> None:
               f"({r['skipped']} skipped)")
 
 
+def _embed(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl import api
+
+    out = api.embed(args.model_dir, ",".join(args.data), args.out, pool=args.pool, layer=args.layer,
+                    normalize=args.normalize, strict=args.strict, batch_size=args.batch_size,
+                    shard_size=args.shard_size, input_column=args.input_column, label_column=args.label_column,
+                    overwrite=args.overwrite, index=args.index, make_map=args.map)
+    print(f"embeddings saved in {out}" + (f"; map in {Path(out) / 'map.png'}" if args.map else ""))
+
+
+def _search(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl import api
+
+    for hit in api.search(args.emb, args.query, avoid=args.avoid or [], k=args.k, reindex=args.reindex):
+        label = hit["label"] or hit["data_label"] or ""
+        print(f"{hit['score']:.4f}\t{hit['id']}\t{label}")
+
+
+def _select(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl import api
+
+    picked = api.select(args.emb, args.budget, strategy=args.strategy, labels=args.labels, seed=args.seed,
+                        measure=args.measure, out=args.out)
+    print(f"{len(picked)} items to label next ({args.strategy}) written to {args.out or Path(args.emb) / 'next.csv'}")
+
+
+def _curate(args: argparse.Namespace, rest: list[str]) -> None:
+    from multissl import api
+
+    api.curate(args.emb, port=args.port, host=args.host, classes=args.classes.split(",") if args.classes else ())
+
+
+def _curate_parsers(sub) -> None:
+    s = sub.add_parser("embed", help="pooled embeddings of every item of a dataset, as a datasets folder with a "
+                                     "vector index (resumable; under torchrun each rank embeds its part)")
+    s.add_argument("model_dir", help="a multissl export or an HF checkpoint folder (as --init_from takes)")
+    s.add_argument("--data", nargs="+", required=True, help="files, folders (class sub-folders are labels), tables "
+                                                           "(jsonl/csv/parquet) or datasets folders")
+    s.add_argument("--out", required=True, help="the embeddings folder to write (or resume)")
+    s.add_argument("--pool", choices=["mean", "cls"], default="mean")
+    s.add_argument("--layer", type=int, default=-1, help="hidden state to pool: 0 embeddings, -1 the last layer")
+    s.add_argument("--normalize", action="store_true", help="scale every embedding to unit l2 norm")
+    s.add_argument("--strict", action="store_true", help="stop at the first unusable item instead of skipping it")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--shard-size", type=int, default=1024, help="items per shard written")
+    s.add_argument("--input-column", default="", help="tables: the column of paths or texts (default path / text)")
+    s.add_argument("--label-column", default="label", help="tables: the column of labels, where there is one")
+    s.add_argument("--index", choices=["auto", "flat", "hnsw", "ivfpq"], default="auto",
+                   help="vector index: auto is exact (flat) up to 50k items, HNSW above")
+    s.add_argument("--map", action="store_true", help="also draw a 2-D t-SNE map of the embeddings (map.png)")
+    s.add_argument("--overwrite", action="store_true", help="replace --out instead of resuming it")
+    s.set_defaults(func=_embed)
+
+    s = sub.add_parser("search", help="items most like some and least like others (search by example)")
+    s.add_argument("emb", help="a folder written by 'multissl embed'")
+    s.add_argument("--query", nargs="+", required=True, help="ids of items to search like")
+    s.add_argument("--avoid", nargs="+", default=None, help="ids of items to search away from")
+    s.add_argument("--k", type=int, default=20)
+    s.add_argument("--reindex", choices=["auto", "flat", "hnsw", "ivfpq"], default=None,
+                   help="rebuild the vector index first")
+    s.set_defaults(func=_search)
+
+    s = sub.add_parser("select", help="choose what to label next (k-center greedy, k-means, uncertainty, random)")
+    s.add_argument("emb", help="a folder written by 'multissl embed'")
+    s.add_argument("--budget", type=int, required=True, help="how many items to choose")
+    s.add_argument("--strategy", choices=["kcenter", "kmeans", "uncertainty", "random"], default="kcenter")
+    s.add_argument("--measure", choices=["margin", "entropy"], default="margin", help="uncertainty: how it is scored")
+    s.add_argument("--labels", default=None, help="CSV of labels so far (id or input, label), besides the page's")
+    s.add_argument("--out", default=None, help="where to write the list (default EMB/next.csv)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_select)
+
+    s = sub.add_parser("curate", help="a labelling page on localhost: search by example, next batches, labels")
+    s.add_argument("emb", help="a folder written by 'multissl embed'")
+    s.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--classes", default="", help="the label buttons, comma-separated (more can be added on the page)")
+    s.set_defaults(func=_curate)
+
+
 def parser() -> argparse.ArgumentParser:
     from multissl import __version__
 
@@ -165,7 +245,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a run's encoder as a Hugging Face model folder")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
-    s.add_argument("--which", choices=["student", "teacher"], default="student")
+    s.add_argument("--which", choices=["student", "teacher"], default=None,
+                   help="default: the one the objective's paper evaluates (the student, I-JEPA's target encoder)")
     s.add_argument("--arch", default=None, help="HF class family, e.g. data2vec-text (default) or roberta")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_export)
@@ -188,7 +269,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report mean ± sd")
     s.add_argument("--baseline", default=None, help="another export to compare with (default: random init)")
     s.add_argument("--max-samples", type=int, default=0, help="use at most this many rows (0: all)")
-    s.add_argument("--pool", choices=["mean", "cls"], default="mean", help="images: mean of patches or CLS")
+    s.add_argument("--pool", choices=["mean", "cls"], default="mean",
+                   help="mean of the tokens or patches, or the CLS token (text: the first token)")
+    s.add_argument("--sts", default=None, help="scored sentence pairs (CSV / JSON lines / parquet with sentence1, "
+                                               "sentence2, score): adds Spearman's rho of cosine similarities")
     s.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probe")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_probe)
@@ -248,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--analogies", default=None, help="a Google-format analogy file")
     s.add_argument("--restrict-vocab", type=int, default=300_000)
     s.set_defaults(func=_word2vec_eval)
+    _curate_parsers(sub)
     return p
 
 

@@ -86,14 +86,95 @@ def _scores(x: np.ndarray, labels: np.ndarray, folds: list, seed: int, k: int) -
     return correct
 
 
+STS_COLUMNS = ["sentence1", "sentence2", "score"]
+
+
+def spearman_se(rho: float, n: int) -> float:
+    """The standard error of a Spearman correlation ``rho`` over ``n`` pairs: Fisher's z = atanh(rho) has a
+    variance of about 1.06 / (n - 3) for Spearman's rho (Fieller, Hartley and Pearson 1957), carried back
+    to rho by the delta method (d rho / d z = 1 - rho^2); 0 at |rho| = 1.
+
+    >>> round(spearman_se(0.5, 103), 4), spearman_se(1.0, 50)
+    (0.0772, 0.0)
+    """
+    return float((1 - rho * rho) * np.sqrt(1.06 / max(n - 3, 1)))
+
+
+def sts_scores(features: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the two sentences of each pair: ``features`` (sentences, D), ``pairs`` (P, 2)
+    indices into it."""
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return np.einsum("pd,pd->p", unit[pairs[:, 0]], unit[pairs[:, 1]])
+
+
+def sts_rows(model_dir: str | Path, sts: str | Path, seeds: int = 1, seed: int = 0,
+             baseline: str | Path | None = None, pool: str = "mean", bootstrap: int = 1000) -> list[dict[str, Any]]:
+    """Sentence similarity: Spearman's rho between the cosine similarities of the sentences' pooled
+    last-layer embeddings and the human ``score`` of each pair (a table with columns sentence1,
+    sentence2, score), for the model and the baseline (random init, a fresh draw per seed, or the
+    export ``baseline``), each with its standard error (:func:`spearman_se`), and the gain with the
+    standard error of a paired bootstrap over pairs. Rows as :func:`probe`'s (``accuracy`` holds rho)."""
+    from scipy.stats import spearmanr
+    from transformers import AutoConfig, AutoModel
+
+    df = read_table(sts, STS_COLUMNS)
+    if len(df) < 4:
+        raise ValueError(f"--sts: {sts}: needs at least 4 scored pairs, found {len(df)}")
+    sentences = sorted(set(df["sentence1"].astype(str)) | set(df["sentence2"].astype(str)))
+    where = {t: i for i, t in enumerate(sentences)}
+    pairs = np.array([[where[str(a)], where[str(b)]] for a, b in zip(df["sentence1"], df["sentence2"], strict=True)])
+    human = df["score"].astype(float).to_numpy()
+
+    def last_layer(folder: str | Path, model: torch.nn.Module | None = None) -> np.ndarray:
+        preprocessor, featurize = load_features_backend(folder, pool)
+        return featurize(model if model is not None else AutoModel.from_pretrained(folder).eval(), preprocessor,
+                         sentences)[:, -1]
+
+    def rho(sims: np.ndarray, rows: np.ndarray | slice = slice(None)) -> float:
+        value = spearmanr(sims[rows], human[rows]).statistic
+        return float(value) if np.isfinite(value) else 0.0  # constant similarities: no ranking
+
+    ours = sts_scores(last_layer(model_dir), pairs)
+    fixed = sts_scores(last_layer(baseline), pairs) if baseline is not None else None
+    base_name = Path(baseline).name if baseline is not None else "random init"
+    per_seed: dict[str, list[dict[str, float]]] = {"pretrained": [], base_name: []}
+    n = len(human)
+    for s in range(seed, seed + seeds):
+        if fixed is None:
+            torch.manual_seed(s)
+            random_model = AutoModel.from_config(AutoConfig.from_pretrained(model_dir)).eval()
+            theirs = sts_scores(last_layer(model_dir, random_model), pairs)
+        else:
+            theirs = fixed
+        a, b = rho(ours), rho(theirs)
+        rng = np.random.default_rng(s)
+        resampled = [rng.integers(0, n, n) for _ in range(bootstrap)]
+        gains = np.array([rho(ours, r) - rho(theirs, r) for r in resampled])
+        per_seed["pretrained"].append({"accuracy": a, "se": spearman_se(a, n), "gain": a - b,
+                                       "gain_se": float(gains.std(ddof=1))})
+        per_seed[base_name].append({"accuracy": b, "se": spearman_se(b, n)})
+    rows = []
+    for model, runs in per_seed.items():
+        row: dict[str, Any] = {"model": model, "features": "STS Spearman", "n": n, "seeds": seeds}
+        row["accuracy"], row["sd"] = mean_sd([r["accuracy"] for r in runs])
+        row["se"] = float(np.mean([r["se"] for r in runs]))
+        if "gain" in runs[0]:
+            row["gain"], row["gain_sd"] = mean_sd([r["gain"] for r in runs])
+            row["gain_se"] = float(np.mean([r["gain_se"] for r in runs]))
+            row["gain_ratios"] = [r["gain"] / r["gain_se"] if r["gain_se"] else 0.0 for r in runs]
+        rows.append(row)
+    return rows
+
+
 def probe(model_dir: str | Path, data: str | Path, label_column: str, input_column: str = "text", folds: int = 5,
           seeds: int = 1, seed: int = 0, baseline: str | Path | None = None, max_samples: int = 0,
-          pool: str = "mean", k: int = 20) -> list[dict[str, Any]]:
+          pool: str = "mean", k: int = 20, sts: str | Path | None = None) -> list[dict[str, Any]]:
     """Cross-validated probe accuracies of ``model_dir`` and of the baseline (the same architecture at
     random init, or the export ``baseline``), each with the last layer pooled (logistic regression,
     and a k-NN vote by cosine similarity) and with a learned weighted sum of all layers; plus the
-    majority class. ``seeds`` repeats everything with seeds ``seed, seed + 1, ...``. ``pool``: images
-    only, mean of the patches or the CLS token.
+    majority class. ``seeds`` repeats everything with seeds ``seed, seed + 1, ...``. ``pool``: mean of
+    the tokens or patches, or the CLS token (text: the first token). ``sts``: a table of scored sentence
+    pairs (sentence1, sentence2, score); adds the sentence-similarity rows of :func:`sts_rows`.
 
     Each row: ``model``, ``features``, ``accuracy`` (mean over seeds), ``se`` (its standard error,
     averaged over seeds), ``sd`` (over seeds), ``gain`` / ``gain_se`` / ``gain_sd`` (the model over the
@@ -152,6 +233,8 @@ def probe(model_dir: str | Path, data: str | Path, label_column: str, input_colu
         if runs[0]["top_layer"] is not None:
             row["top_layer"] = int(np.bincount([r["top_layer"] for r in runs]).argmax())
         results.append(row)
+    if sts is not None:
+        results += sts_rows(model_dir, sts, seeds, seed, baseline, pool)
     return results
 
 
@@ -170,7 +253,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
     seeds, the smallest over seeds)."""
     seeds = results[0].get("seeds", 1)
     over = f" (mean ± sd over {seeds} seeds; SE per seed)" if seeds > 1 else ""
-    lines = [f"n = {results[0]['n']} labelled rows, {seeds} seed(s){over}",
+    lines = [f"n = {results[0]['n']} labelled rows, {seeds} seed(s){over}"
+             + ("; STS rows: Spearman's rho over scored pairs" if any(r["features"] == "STS Spearman" for r in results)
+                else ""),
              f"{'model':<16} {'features':<15} {'accuracy':>17} {'gain':>17} {'gain/SE':>8} {'top layer':>9}"]
     for r in results:
         acc = f"{r['accuracy']:.4f} ± {r['se']:.4f}" + (f" (sd {r['sd']:.4f})" if seeds > 1 else "")

@@ -213,6 +213,12 @@ class Recipe:
             raise
         except ValueError as e:
             raise RecipeError(str(e)) from None
+        takes_labels = get_method(self.method.name).labels
+        if takes_labels and not self.data.label_column:
+            raise RecipeError(f"data.label_column is empty: method {self.method.name!r} trains on labels "
+                              "(pass --label-column COLUMN)")
+        if self.data.label_column and not takes_labels:
+            raise RecipeError(f"data.label_column: method {self.method.name!r} takes no labels (remove it)")
         try:
             get_method(self.method.name).check(self.method, self.encoder, self.mask)
             if views is not None and get_method(self.method.name).student_view(self.method).views:

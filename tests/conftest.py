@@ -32,6 +32,16 @@ def kjv_file(tmp_path_factory, kjv_rows) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kjv_table(tmp_path_factory, kjv_rows) -> Path:
+    """400 verses as JSON lines with their ``section`` (law, history, ...) as a label column."""
+    import pandas as pd
+
+    path = tmp_path_factory.mktemp("table") / "verses.jsonl"
+    pd.DataFrame(kjv_rows[::70][:400]).to_json(path, orient="records", lines=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory, kjv_file) -> Path:
     from multissl.tokenizer import train_tokenizer
 

@@ -3,7 +3,8 @@ distributed and kill tests. With ``DUMP`` set, each rank writes its weights to `
 at the end; with ``SEEN`` set, each forward appends the update number and a hash of every input row
 and of its masks to ``$SEEN.rank{r}`` (to count what was trained on, and how it was masked); ``SLOW``
 adds that many seconds per forward; ``POISON=rank:update`` makes that rank's forward of that update
-(1-based) produce NaN; with ``SETUP`` set, ranks log when they look for the checkpoint to resume from."""
+(1-based) produce NaN; with ``SETUP`` set, ranks log when they look for the checkpoint to resume from;
+``STEP_SLEEP`` adds that many seconds after each update, whatever the objective."""
 
 import json
 import logging
@@ -101,6 +102,16 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+class Sleep(TrainerCallback):
+    """Sleeps after each update (a child to be killed between two updates)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
 class Poison(TrainerCallback):
     """Makes the forward passes of the given updates (1-based) produce NaN features, on one rank or all."""
 
@@ -125,6 +136,8 @@ if __name__ == "__main__":
     if os.environ.get("SETUP"):
         record_resume_setup(os.environ["SETUP"], float(os.environ.get("SLOW_SETUP", "0")))
     callbacks = [DumpWeights()] if os.environ.get("DUMP") else []
+    if os.environ.get("STEP_SLEEP"):
+        callbacks.append(Sleep(float(os.environ["STEP_SLEEP"])))
     if os.environ.get("POISON"):
         rank, update = map(int, os.environ["POISON"].split(":"))
         callbacks.append(Poison({update}, rank))

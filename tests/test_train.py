@@ -111,9 +111,11 @@ def test_empty_corpus_is_a_one_line_error(tiny_args, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "text").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_text_recipe_runs_on_a_tiny_model(recipe, tiny_args):
-    """Each recipe's objective, masking and schedule, shrunk to a tiny encoder for two updates."""
-    r = load_recipe(recipe, [*for_method(tiny_args, recipe), "--max_steps", "2", "--warmup_steps", "1",
+def test_every_text_recipe_runs_on_a_tiny_model(recipe, tiny_args, kjv_table):
+    """Each recipe's objective, masking and schedule, shrunk to a tiny encoder for two updates; the
+    recipes that train on labels read a table with a label column."""
+    labels = ["--data", str(kjv_table), "--label-column", "section"] if "label_column" in recipe.read_text() else []
+    r = load_recipe(recipe, [*for_method(tiny_args, recipe), *labels, "--max_steps", "2", "--warmup_steps", "1",
                              "--decay_steps", "1"])
     run_dir = pretrain(r)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -109,7 +109,10 @@ def test_a_views_section_is_checked_against_the_modality(viewcheck, tmp_path):
         assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
-def test_views_where_they_cannot_be_made_or_are_not_used_are_one_line_errors(viewcheck, tmp_path):
+def test_views_where_they_cannot_be_made_or_are_not_used_are_one_line_errors(viewcheck, tmp_path, monkeypatch):
+    from multissl.modalities.text import Text
+
+    monkeypatch.setattr(Text, "views_class", None)  # a modality that makes no views (text makes sentence views)
     text = tmp_path / "text.yaml"
     text.write_text(yaml.safe_dump({"modality": "text", "method": {"name": "viewcheck"}}))
     with pytest.raises(RecipeError, match=r"views: modality 'text' makes no augmented views \(method 'viewcheck'"):

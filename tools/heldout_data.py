@@ -61,12 +61,14 @@ def wordnet_glosses(out: Path, classes: int = 12, per_class: int = 250, seed: in
         held.update(int(i) for i in rng.choice(idx, per_class, replace=False))
     out.mkdir(parents=True, exist_ok=True)
     corpus, probe = out / "corpus.txt", out / "probe.jsonl"
-    with open(corpus, "w") as c, open(probe, "w") as p:
+    with open(corpus, "w") as c, open(probe, "w") as p, open(out / "pretrain-labels.jsonl", "w") as t:
         for i, (gloss, label) in enumerate(rows):
             if i in held:
                 p.write(json.dumps({"text": gloss, "label": label}) + "\n")
             else:
                 c.write(gloss + "\n")
+                if label in chosen:  # the pretraining glosses' own labels, for objectives that train on labels
+                    t.write(json.dumps({"text": gloss, "label": label}) + "\n")
     return corpus, probe
 
 

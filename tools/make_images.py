@@ -38,6 +38,11 @@ def digits(out: Path, holdout: float = 0.3, seed: int = 0) -> tuple[Path, Path]:
         w = csv.DictWriter(fh, fieldnames=["path", "label"])
         w.writeheader()
         w.writerows(rows)
+    # the pretraining images' own labels, for objectives that train on labels (SupCon); never the held-out ones
+    with (out / "pretrain-labels.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image", "label"])
+        w.writeheader()
+        w.writerows({"image": f"unlabelled/digit{i:04d}.png", "label": int(d.target[i])} for i in order[n_hold:])
     return pre, labels
 
 

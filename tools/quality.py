@@ -43,9 +43,14 @@ def datasets(out: Path) -> dict[str, dict[str, Any]]:
         heldout_data.digits(vision)
     if not (text / "tokenizer" / "tokenizer_config.json").exists():
         train_tokenizer([text / "corpus.txt"], text / "tokenizer", kind="bpe", vocab_size=8000)
-    return {"text": {"data": text / "corpus.txt", "probe": text / "probe.jsonl", "tokenizer": text / "tokenizer"},
+    if not (text / "pretrain-labels.jsonl").exists() or not (vision / "pretrain-labels.csv").exists():
+        heldout_data.wordnet_glosses(text)  # written by newer versions of these makers only
+        heldout_data.digits(vision)
+    return {"text": {"data": text / "corpus.txt", "probe": text / "probe.jsonl", "tokenizer": text / "tokenizer",
+                     "labelled": text / "pretrain-labels.jsonl"},
             "audio": {"data": speech / "pretrain.csv", "probe": speech / "labels.csv"},
-            "vision": {"data": vision / "unlabelled", "probe": vision / "labelled" / "labels.csv"}}
+            "vision": {"data": vision / "unlabelled", "probe": vision / "labelled" / "labels.csv",
+                       "labelled": vision / "pretrain-labels.csv"}}
 
 
 def probe_row(model_dir: Path, modality: str, data: dict[str, Any], seed: int) -> dict[str, float]:
@@ -75,11 +80,16 @@ def last_log(run_dir: Path) -> dict[str, Any]:
 def run_recipe(name: str, seed: int, data: dict[str, Any], out: Path, extra: list[str]) -> tuple[dict, Any]:
     """Pretrain, export and probe one recipe at one seed; also returns the recipe (for the peer)."""
     from multissl.export.hf import export
+    from multissl.methods import get_method
     from multissl.recipe import load_recipe
     from multissl.train import pretrain
 
-    args = ["--data", str(data["data"]), "--output_dir", str(out / "run"), "--seed", str(seed), "--report_to",
-            "none", *extra]
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    labelled = get_method(recipe.method.name).labels  # trains on labels: the pretraining part's own labels
+    if labelled and "labelled" not in data:
+        raise SystemExit(f"{name}: no labelled pretraining data for {recipe.modality}")
+    args = ["--data", str(data["labelled"] if labelled else data["data"]), "--output_dir", str(out / "run"),
+            "--seed", str(seed), "--report_to", "none", *(["--label_column", "label"] if labelled else []), *extra]
     if "tokenizer" in data:
         args += ["--tokenizer", str(data["tokenizer"])]
     recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", args)

@@ -156,6 +156,25 @@ class Modality(ABC):
     input_extensions: ClassVar[tuple[str, ...]] = ()
     """File extensions of this modality's inputs (labelled folders of files are read by them)."""
 
+    item_view: ClassVar[str] = "text"
+    """How the curation page shows one input: "text" (the text itself), "image" or "audio" (the file)."""
+
+    padding_exact: ClassVar[bool] = True
+    """Whether an input's probe features are the same alone and padded in a batch; False (speech: HF's
+    stacked positional convolutions see the padded frames) makes ``multissl embed`` read inputs one at a
+    time, so that an item's embedding never depends on its neighbours."""
+
+    @classmethod
+    def check_input(cls, model_config: Any, item: str) -> str:
+        """Why one input cannot be embedded by an HF encoder with ``model_config`` ("" when it can): the
+        checks the training readers make before decoding, for what decoding alone would not catch."""
+        return ""
+
+    @classmethod
+    def preview(cls, item: str) -> tuple[bytes, str]:
+        """(bytes, MIME type) a browser shows for one input file (``item_view`` image or audio)."""
+        raise NotImplementedError(f"{cls.name}: its inputs are shown as text")
+
     @classmethod
     def holds_preprocessor(cls, folder: Path) -> bool:
         """Whether an exported folder's preprocessor is this modality's."""

@@ -110,9 +110,12 @@ class PrototypeHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.prototypes, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frozen_prototypes: bool = False) -> torch.Tensor:
+        """Scores (N, K); ``frozen_prototypes`` gives the prototypes a zero gradient (DINO freezes them
+        early in training) while keeping them in the graph, so that DDP still finds a gradient for them."""
         z = F.normalize(self.mlp(x), dim=-1)
-        return z @ F.normalize(self.prototypes, dim=-1).t()
+        w = self.prototypes.detach() + 0.0 * self.prototypes if frozen_prototypes else self.prototypes
+        return z @ F.normalize(w, dim=-1).t()
 
 
 def pool(x: torch.Tensor, pad: torch.Tensor, num_extra: int, how: Literal["cls", "mean"]) -> torch.Tensor:

@@ -66,4 +66,4 @@ def from_hf_names(sd: dict[str, torch.Tensor], names: dict[str, str], block_name
 def pool_states(hidden_states: tuple[torch.Tensor, ...], valid: torch.Tensor) -> np.ndarray:
     """An HF model's hidden states mean-pooled over the valid positions of each input: (B, layers, D)."""
     m = valid.unsqueeze(-1).to(hidden_states[0].dtype)
-    return torch.stack([(h * m).sum(1) / m.sum(1).clamp_min(1) for h in hidden_states], 1).numpy()
+    return torch.stack([(h * m).sum(1) / m.sum(1).clamp_min(1) for h in hidden_states], 1).float().cpu().numpy()

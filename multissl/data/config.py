@@ -15,11 +15,11 @@ class DataConfig:
     path: str = ""
     """A file, a folder (read recursively) or a glob; several separated by commas. Also ``--data``."""
 
-    format: Literal["auto", "text", "json", "parquet"] = "auto"
-    """File format; auto goes by extension (.txt, .jsonl/.json, .parquet)."""
+    format: Literal["auto", "text", "json", "parquet", "csv"] = "auto"
+    """File format; auto goes by extension (.txt, .jsonl/.json, .parquet; .csv when a file is named)."""
 
     text_column: str = "text"
-    """Column holding the text in JSON lines and parquet files."""
+    """Column holding the text in JSON lines, CSV and parquet files."""
 
     streaming: bool = False
     """Stream the data instead of loading or scanning it first (corpora larger than memory, millions
@@ -41,6 +41,11 @@ class DataConfig:
 
     image_column: str = "image"
     """Column holding the image (path or encoded bytes) in ``datasets`` folders."""
+
+    label_column: str = ""
+    """Column holding each example's label, for objectives that train on labels (SupCon): in text
+    tables (JSON lines, CSV, parquet), and in image tables (CSV, JSON lines, parquet, with the image's
+    path in ``image_column``) and ``datasets`` folders. Also ``--label-column``. Empty: no labels."""
 
     strict: bool = False
     """Stop at the first unusable file (unreadable, empty, too short) instead of skipping it with a

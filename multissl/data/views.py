@@ -97,6 +97,8 @@ class ViewCollator:
         views = self.maker(examples, [example_rng((*e["seed"], VIEW_STREAM)) for e in examples])
         batch: dict[str, Any] = {"views": views, "global_views": self.maker.global_views,
                                  "example_ids": torch.tensor([example_id(e["seed"]) for e in examples])}
+        if "label" in examples[0]:  # the example's label id (data.label_column), for objectives that take labels
+            batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
         if self.mask is not None:
             rngs = [example_rng((*e["seed"], VIEW_MASK_STREAM)) for e in examples]
             masks = []

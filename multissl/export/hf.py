@@ -54,10 +54,11 @@ def check_task_parity(model: torch.nn.Module, hf_task: torch.nn.Module, modality
     return diff
 
 
-def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arch: str | None = None,
+def export(run_dir: str | Path, out_dir: str | Path, which: str | None = None, arch: str | None = None,
            overwrite: bool = False, atol: float = 1e-4) -> Path:
     """Write the encoder of ``run_dir`` to ``out_dir`` as an HF model folder, with its preprocessor
-    and a model card.
+    and a model card. ``which``: ``"student"`` or ``"teacher"``; None takes the one the objective's
+    paper evaluates (``Method.evaluated_encoder``: the student for most, I-JEPA's target encoder).
 
     >>> export("runs/t1", "out/t1")  # doctest: +SKIP
     >>> AutoModel.from_pretrained("out/t1")  # doctest: +SKIP
@@ -68,9 +69,10 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
     run_dir, out = Path(run_dir), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out}: output folder exists and is not empty (pass --overwrite)")
-    if which not in ("student", "teacher"):
+    if which not in (None, "student", "teacher"):
         raise ValueError(f"--which must be student or teacher, got {which!r}")
     recipe, modality, model = load_run_model(run_dir)
+    which = which or type(model).evaluated_encoder
     encoder = (model.encoder if which == "student" else model.teacher_encoder()).eval()
     task = model.hf_task() if which == "student" else None  # the teacher has no head of its own
     hf_cfg = modality.hf_config(recipe.encoder, arch)
@@ -101,6 +103,9 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "student", arc
             diff = check_task_parity(model, getattr(transformers, task[0]).from_pretrained(tmp), modality,
                                      preprocessor, atol)
             log.info("export parity: max abs difference %.2e over the %s logits", diff, task[0])
+        for name, text in model.hf_extra_files().items():  # what the objective adds (sentence-transformers' files)
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
         card = model_card(recipe, type(reloaded).__name__, which, last_metrics(run_dir), out.name)
         (tmp / "README.md").write_text(card)
         whole = model.hf_pretraining(recipe.mask) if which == "student" else None

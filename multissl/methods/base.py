@@ -28,6 +28,12 @@ class Method(TeacherStudent):
     config_class: ClassVar[type]
     pipeline_tag: ClassVar[str] = "feature-extraction"
     """The Hub pipeline an export serves."""
+    labels: ClassVar[bool] = False
+    """True: the objective trains on labels (``data.label_column``); the batch then holds ``labels``."""
+
+    evaluated_encoder: ClassVar[str] = "student"
+    """The encoder the objective's paper evaluates, and ``multissl export`` writes unless told
+    otherwise: ``"student"`` or ``"teacher"`` (the EMA copy)."""
 
     def __init__(self, modality: Modality, encoder: EncoderConfig, cfg: Any, run_steps: int = 0):
         super().__init__()
@@ -69,6 +75,12 @@ class Method(TeacherStudent):
         ``ViTMAEForPreTraining``, its mask ratio from the recipe's ``mask`` section), exported beside
         the encoder in ``pretraining/``; None: none."""
         return None
+
+    def hf_extra_files(self) -> dict[str, str]:
+        """Files the objective adds to an export, beside the HF model and its preprocessor (path
+        relative to the export folder -> text), e.g. sentence-transformers' ``modules.json``; none by
+        default."""
+        return {}
 
     def snapshot(self, batch: dict[str, Any], folder: Path, step: int) -> None:
         """Write what shows this objective's progress to a person (MAE: a reconstruction grid, PNG)

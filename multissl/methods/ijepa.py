@@ -18,7 +18,7 @@ target encoder's representations of several target blocks of the same image. No 
 
 The method needs of its modality a patch grid (``patch_grid()``); it never asks which modality it runs
 on. Both encoders export as the modality's class (``ViTModel``); the paper evaluates the target
-encoder (``multissl export RUN OUT --which teacher``), mean-pooled.
+encoder, mean-pooled: what ``multissl export RUN OUT`` writes for this objective by default.
 
 >>> model = IJEPA(vision_adapter, EncoderConfig(), IJEPAConfig())  # doctest: +SKIP
 >>> model(**collator(examples))["loss"]  # doctest: +SKIP
@@ -169,6 +169,8 @@ class IJEPA(Method):
     target_masks)`` takes the collator's batch: the images, ``mask`` (B, L) True outside each image's
     context block and ``target_masks`` (B, M, L) True on each of its M target blocks."""
 
+    evaluated_encoder = "teacher"  # the paper evaluates the target encoder
+
     name = "ijepa"
     config_class = IJEPAConfig
 
@@ -256,4 +258,4 @@ class IJEPA(Method):
                 f"a {p.depth}-block predictor of width {p.dim}, the EMA target encoder's representations of "
                 f"{mask.targets} target blocks (scale {mask.target_scale[0]}-{mask.target_scale[1]}, aspect "
                 f"{mask.target_aspect[0]}-{mask.target_aspect[1]}); the paper evaluates the target encoder, "
-                "mean-pooled (`multissl export RUN OUT --which teacher`)")
+                "mean-pooled (what `multissl export` writes by default)")

@@ -233,11 +233,13 @@ def test_tiny_run_trains_and_exports_both_encoders(tmp_path, image_dirs):
     for key in ("loss", "target_var", "pred_var", "student_rank", "teacher_rank"):
         assert all(math.isfinite(r[key]) for r in rows), key
     assert rows[-1]["ema_decay"] > 0.996
-    student = export(run, tmp_path / "student")  # each export checks its parity with the multissl encoder
+    student = export(run, tmp_path / "student", which="student")  # each export checks its parity
     teacher = export(run, tmp_path / "teacher", which="teacher")
-    a, b = AutoModel.from_pretrained(student), AutoModel.from_pretrained(teacher)
+    default = export(run, tmp_path / "default")  # the encoder the paper evaluates: the target encoder
+    a, b, c = (AutoModel.from_pretrained(x) for x in (student, teacher, default))
     assert type(a).__name__ == type(b).__name__ == "ViTModel"
-    sa, sb = a.state_dict(), b.state_dict()
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("layers."))  # two encoders, not one
+    assert all(torch.equal(sb[k], sc[k]) for k in sb if not k.startswith("pooler."))  # the pooler is untrained
     card = (teacher / "README.md").read_text()
-    assert "I-JEPA" in card and "--which teacher" in card and "the EMA teacher is" in card
+    assert "I-JEPA" in card and "writes by default" in card and "the EMA teacher is" in card

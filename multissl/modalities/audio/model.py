@@ -183,6 +183,8 @@ class Audio(Modality):
     config_class = AudioConfig
     views_class = AudioViews
     input_extensions = AUDIO_EXTENSIONS
+    item_view = "audio"
+    padding_exact = False
     hf_untrained = ("masked_spec_embed",)
 
     def build_local(self, enc: EncoderConfig) -> nn.Module:
@@ -281,17 +283,49 @@ class Audio(Modality):
         """Every hidden state mean-pooled over real (non-padding) frames: (files, layers + 1, D)."""
         from multissl.modalities.audio.data import read_audio
 
+        if pool != "mean":
+            raise ValueError(f"--pool {pool}: speech encoders have no CLS token; use --pool mean")
         rate = preprocessor.sampling_rate
         rows = []
         with torch.no_grad():
             for i in range(0, len(inputs), 16):
                 wavs = [read_audio(p, rate) for p in inputs[i:i + 16]]
                 enc = preprocessor(wavs, sampling_rate=rate, padding=True, return_attention_mask=True,
-                                   return_tensors="pt")
+                                   return_tensors="pt").to(model.device)
                 states = model(**enc, output_hidden_states=True).hidden_states
                 valid = model._get_feature_vector_attention_mask(states[0].shape[1], enc["attention_mask"]).bool()
                 rows.append(pool_states(states, valid))
         return np.concatenate(rows)
+
+    @classmethod
+    def check_input(cls, model_config: Any, item: str) -> str:
+        """Unreadable, empty, or shorter than one frame of the encoder's convolutions (which would pool
+        nothing)."""
+        from multissl.modalities.audio.data import Clip, check
+
+        field, jump = 1, 1
+        for k, s in zip(model_config.conv_kernel, model_config.conv_stride, strict=True):
+            field += (k - 1) * jump
+            jump *= s
+        return check(Clip(item, -1, 0), field, 16000)[1]
+
+    @classmethod
+    def preview(cls, item: str) -> tuple[bytes, str]:
+        """The file itself where browsers play its format, else the recording decoded to a 16 kHz WAV."""
+        import io
+
+        import soundfile as sf
+
+        from multissl.modalities.audio.data import read_audio
+
+        playable = {".wav": "audio/wav", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/ogg",
+                    ".mp3": "audio/mpeg", ".flac": "audio/flac"}
+        suffix = Path(item).suffix.lower()
+        if suffix in playable:
+            return Path(item).read_bytes(), playable[suffix]
+        buf = io.BytesIO()
+        sf.write(buf, read_audio(item, 16000), 16000, format="WAV")
+        return buf.getvalue(), "audio/wav"
 
     def example_inputs(self, preprocessor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The shipped spoken sentence and its first 0.6 s, padded into one batch."""

@@ -24,6 +24,8 @@ from multissl.modalities.text.model import TextConfig
 log = logging.getLogger(__name__)
 
 SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# CSV tables are read when named (folders are scanned for SUFFIXES only)
+BUILDERS = {**SUFFIXES, ".csv": "csv"}
 
 
 def resolve_files(spec: str, fmt: str = "auto") -> tuple[str, list[str]]:
@@ -47,7 +49,7 @@ def resolve_files(spec: str, fmt: str = "auto") -> tuple[str, list[str]]:
             files += hits
     if not files:
         raise RecipeError(f"data.path: {spec}: no {', '.join(SUFFIXES)} files found")
-    kinds = {SUFFIXES.get(Path(f).suffix, "text") for f in files} if fmt == "auto" else {fmt}
+    kinds = {BUILDERS.get(Path(f).suffix, "text") for f in files} if fmt == "auto" else {fmt}
     if len(kinds) > 1:
         raise RecipeError(f"data.path: {spec}: mixes formats {sorted(kinds)}; set data.format or split them")
     return kinds.pop(), files

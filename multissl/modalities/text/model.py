@@ -15,6 +15,7 @@ from multissl.core.adapter import Modality, StudentView
 from multissl.core.blocks import EncoderConfig
 from multissl.core.hf_names import block_tensors, fuse_block, pool_states
 from multissl.errors import RecipeError
+from multissl.modalities.text.views import TextViews
 
 # multissl block tensor -> Data2VecText / RoBERTa / BERT layer module
 HF_BLOCK_NAMES = {
@@ -98,6 +99,7 @@ class TextContext(nn.Module):
 class Text(Modality):
     name = "text"
     config_class = TextConfig
+    views_class = TextViews
     input_extensions = ()
 
     def build_local(self, enc: EncoderConfig) -> nn.Module:
@@ -129,6 +131,13 @@ class Text(Modality):
                 raise RecipeError(f"data.tokenizer: {data.tokenizer} has no {key.replace('_id', '')}")
             if getattr(c, key) == -1:
                 setattr(c, key, value)
+        if view.views:  # one sentence per example instead of packed blocks
+            from multissl.data.views import ViewCollator
+            from multissl.modalities.text.views import SentenceViews, build_sentence_dataset
+
+            views = views or TextViews()
+            collator = ViewCollator(SentenceViews(views, c), mask if view.view_masks else None)
+            return build_sentence_dataset(data, tok, c, views, seed), collator, tok
         return build_text_dataset(data, tok, c, seed), TextCollator(mask, c, view), tok
 
     def hf_config(self, enc: EncoderConfig, arch: str | None = None):
@@ -237,13 +246,17 @@ def load_tokenizer(folder: str):
 
 def text_features(model: nn.Module, tokenizer: Any, texts: list[str], pool: str = "mean",
                   batch_size: int = 64) -> np.ndarray:
-    """Every hidden state mean-pooled over non-padding tokens: (texts, layers + 1, D)."""
+    """Every hidden state mean-pooled over non-padding tokens, or its first token (``pool="cls"``, ``<s>``
+    or ``[CLS]``): (texts, layers + 1, D)."""
     rows = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
                             max_length=model.config.max_position_embeddings - model.config.pad_token_id - 1,
-                            return_tensors="pt")
-            rows.append(pool_states(model(**enc, output_hidden_states=True).hidden_states,
-                                    enc["attention_mask"].bool()))
+                            return_tensors="pt").to(model.device)
+            states = model(**enc, output_hidden_states=True).hidden_states
+            if pool == "cls":
+                rows.append(torch.stack([h[:, 0] for h in states], 1).float().cpu().numpy())
+            else:
+                rows.append(pool_states(states, enc["attention_mask"].bool()))
     return np.concatenate(rows)

@@ -81,7 +81,68 @@ def find_images(spec: str, column: str = "image") -> list[Picture]:
     return IMAGE_FILES.find(spec, column)
 
 
+TABLE_EXTENSIONS = (".csv", ".jsonl", ".parquet")
+"""Tables that list images: a row per image, its path (relative to the table's folder) in
+``data.image_column``, and labels in ``data.label_column``."""
+
+
+def _read_table(path: Path, columns: list[tuple[str, str]]):
+    """A table listing images, as a pandas DataFrame; a missing column is an error naming its key."""
+    import pandas as pd
+
+    try:
+        df = (pd.read_csv(path) if path.suffix == ".csv" else pd.read_json(path, lines=True)
+              if path.suffix == ".jsonl" else pd.read_parquet(path))
+    except Exception as e:  # pandas and pyarrow raise several types for malformed files
+        raise RecipeError(f"data.path: {path}: unreadable table ({str(e).splitlines()[0][:160]})") from None
+    for column, key in columns:
+        if column not in df.columns:
+            raise RecipeError(f"{key}: {path} has no column {column!r} (columns: {', '.join(map(str, df.columns))})")
+    return df
+
+
+def _table_names(path: Path, df, column: str) -> list[str]:
+    return [str(v) if Path(str(v)).is_absolute() else str(path.parent / str(v)) for v in df[column]]
+
+
+def image_labels(spec: str, column: str, label_column: str) -> dict[str, int]:
+    """The label id of every image ``spec`` names, by image name: from ``label_column`` of image tables
+    and ``datasets`` folders. Images in folders or arrays carry no labels (a one-line error)."""
+    import datasets
+
+    from multissl.data.labels import label_id, missing_label
+    from multissl.data.saved_datasets import is_saved_dataset, media_column
+
+    labels: dict[str, int] = {}
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        p = Path(part)
+        if is_saved_dataset(p):
+            ds = datasets.load_from_disk(str(p))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+            if label_column not in ds.column_names:
+                raise RecipeError(f"data.label_column: {p} has no column {label_column!r} (columns: "
+                                  f"{', '.join(ds.column_names)})")
+            names = [name for name, _ in media_column(p, column, "data.image_column")]
+            values = ds[label_column]
+        elif p.is_file() and p.suffix in TABLE_EXTENSIONS:
+            df = _read_table(p, [(column, "data.image_column"), (label_column, "data.label_column")])
+            names, values = _table_names(p, df, column), df[label_column].tolist()
+        else:
+            raise RecipeError(f"data.label_column: {part}: images in folders or arrays carry no labels; list them in "
+                              f"a table ({', '.join(TABLE_EXTENSIONS)}) with columns {column!r} (the path) and "
+                              f"{label_column!r}, or give a datasets folder")
+        for name, value in zip(names, values, strict=True):
+            if missing_label(value):
+                raise RecipeError(f"data.label_column: {part}: {name} has no label in column {label_column!r}")
+            labels[name] = label_id(value)
+    return labels
+
+
 def _listing(path: Path, column: str) -> list[Picture] | None:
+    if path.suffix in TABLE_EXTENSIONS:
+        df = _read_table(path, [(column, "data.image_column")])
+        return [Picture(name) for name in _table_names(path, df, column)]
     if path.suffix != ".npy":
         return None
     arr = np.load(path, mmap_mode="r")
@@ -192,10 +253,30 @@ class DecodedImageDataset(ImageDataset):
         return self.pictures[i].open()
 
 
-def _streamed(picture: Picture, rng: np.random.Generator, cfg: VisionConfig, decoded: bool = False) -> dict[str, Any]:
+class LabelledImageDataset(DecodedImageDataset):
+    """Decoded images and their label ids (``label``), for view collators of objectives that take labels."""
+
+    def __init__(self, pictures: list[Picture], cfg: VisionConfig, seed: int, strict: bool = False, *,
+                 labels: dict[str, int]):
+        super().__init__(pictures, cfg, seed, strict)
+        self.labels = labels
+
+    def load(self, i: int, rng: np.random.Generator | None = None) -> tuple[Image.Image, int]:
+        return self.pictures[i].open(), self.labels[self.pictures[i].name]  # together: a replacement keeps its label
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        out = super().__getitem__(i)
+        out["image"], out["label"] = out["image"]
+        return out
+
+
+def _streamed(picture: Picture, rng: np.random.Generator, cfg: VisionConfig, decoded: bool = False,
+              labels: dict[str, int] | None = None) -> dict[str, Any]:
     why = check(picture, cfg.min_side)
     if why:
         raise ValueError(why)
+    if labels is not None:
+        return {"image": picture.open(), "label": labels[picture.name]}
     if decoded:
         return {"image": picture.open()}
     return {"pixel_values": train_transform(picture.open(), cfg, rng)}
@@ -205,11 +286,14 @@ def build_image_dataset(data: DataConfig, cfg: VisionConfig, seed: int, decoded:
                         ) -> ImageDataset | SeededStream:
     """Find, check and wrap the images of ``data.path``; bad files are counted and named. With
     ``data.streaming`` nothing is scanned up front: images are checked as they are streamed.
-    ``decoded``: examples hold the decoded image (``image``) instead of a cropped tensor, for views."""
-    wrap = DecodedImageDataset if decoded else ImageDataset
+    ``decoded``: examples hold the decoded image (``image``) instead of a cropped tensor, for views;
+    with ``data.label_column`` also its label id (``label``)."""
+    labels = image_labels(data.path, data.image_column, data.label_column) if decoded and data.label_column else None
+    wrap = (partial(LabelledImageDataset, labels=labels) if labels is not None else
+            DecodedImageDataset if decoded else ImageDataset)
     return build_media_dataset(data, data.image_column, IMAGE_FILES, partial(_checked, min_side=cfg.min_side),
                                lambda good: wrap(good, cfg, seed, data.strict),
-                               partial(_streamed, cfg=cfg, decoded=decoded), seed)
+                               partial(_streamed, cfg=cfg, decoded=decoded, labels=labels), seed)
 
 
 class ImageCollator:

@@ -144,6 +144,7 @@ class Vision(Modality):
     config_class = VisionConfig
     views_class = VisionViews
     input_extensions = IMAGE_EXTENSIONS
+    item_view = "image"
     num_extra_tokens = 1
 
     def build_local(self, enc: EncoderConfig) -> nn.Module:
@@ -224,12 +225,26 @@ class Vision(Modality):
         with torch.no_grad():
             for i in range(0, len(inputs), 64):
                 images = [Picture(p).open() for p in inputs[i:i + 64]]
-                states = model(**preprocessor(images, return_tensors="pt"), output_hidden_states=True).hidden_states
+                pixels = preprocessor(images, return_tensors="pt").to(model.device)
+                states = model(**pixels, output_hidden_states=True).hidden_states
                 if pool == "cls":
-                    rows.append(torch.stack([h[:, 0] for h in states], 1).numpy())
+                    rows.append(torch.stack([h[:, 0] for h in states], 1).float().cpu().numpy())
                 else:
-                    rows.append(torch.stack([h[:, 1:].mean(1) for h in states], 1).numpy())
+                    rows.append(torch.stack([h[:, 1:].mean(1) for h in states], 1).float().cpu().numpy())
         return np.concatenate(rows)
+
+    @classmethod
+    def preview(cls, item: str) -> tuple[bytes, str]:
+        """A PNG thumbnail (at most 256 pixels a side) of any image the data readers accept."""
+        import io
+
+        from multissl.modalities.vision.data import Picture
+
+        img = Picture(item).open()
+        img.thumbnail((256, 256))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue(), "image/png"
 
     def example_inputs(self, preprocessor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The shipped photo and its mirror image, through the exported processor."""
