@@ -9,8 +9,8 @@ stop-gradient: the redundancy term is what keeps the features from collapsing.
 The projector is the paper's: three Linear layers of 8192 (batch norm and ReLU after the first two);
 the last batch norm without affine parameters is the loss's own standardisation. Each view goes
 through the projector on its own, as in the paper's code. Under data parallelism the loss's means,
-variances and correlation run over the global batch, and on CUDA the projector's batch norms are
-synchronised; the projector is dropped at export.
+variances and correlation run over the global batch, and the projector's batch norms take
+the global batch's statistics; the projector is dropped at export.
 
 >>> model = BarlowTwins(vision_adapter, EncoderConfig(), BarlowTwinsConfig())  # doctest: +SKIP
 >>> model(**view_collator(examples))["loss"]  # doctest: +SKIP
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from multissl.core.adapter import Modality, StudentView
+from multissl.core.batchnorm import global_batch_norm
 from multissl.core.blocks import EncoderConfig
 from multissl.core.heads import MLPConfig, mlp
 from multissl.core.health import compute_var, effective_rank
@@ -36,7 +37,6 @@ from multissl.methods.siamese import (
     check_view_counts,
     encode_views,
     mean_cosine,
-    rank_batch_norms,
 )
 
 
@@ -91,7 +91,7 @@ class BarlowTwins(Method):
         super().__init__(modality, encoder, cfg, run_steps)
         self.projector = mlp(encoder.dim, cfg.projector)
         self.projector.apply(bert_init)
-        self.projector = rank_batch_norms(self.projector, self.name)
+        self.projector = global_batch_norm(self.projector)
 
     def forward(self, views: list[dict[str, torch.Tensor]], global_views: int = 2,
                 **_: object) -> dict[str, torch.Tensor]:

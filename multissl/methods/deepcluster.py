@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from multissl.core.adapter import Modality, StudentView
+from multissl.core.batchnorm import global_batch_norm
 from multissl.core.blocks import EncoderConfig
 from multissl.core.distributed import all_gather_rows, all_sum, global_mean
 from multissl.core.heads import MLPConfig, mlp
@@ -47,7 +48,6 @@ from multissl.methods.siamese import (
     count_batch,
     encode_views,
     finite,
-    rank_batch_norms,
 )
 
 GLOBAL_VIEWS = 2
@@ -160,7 +160,7 @@ class DeepClusterV2(Method):
         super().__init__(modality, encoder, cfg, run_steps)
         self.projector = mlp(encoder.dim, cfg.projector)
         self.projector.apply(bert_init)
-        self.projector = rank_batch_norms(self.projector, self.name)
+        self.projector = global_batch_norm(self.projector)
         dim, rows = cfg.projector.out_dim, cfg.bank_size
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("bank", torch.zeros(rows, dim))

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from multissl.core.adapter import PARTS, Modality, StudentView
+from multissl.core.batchnorm import global_batch_norm
 from multissl.core.blocks import EncoderConfig
 from multissl.core.distributed import global_mean
 from multissl.core.ema import EMAConfig
@@ -43,7 +44,6 @@ from multissl.methods.siamese import (
     check_view_counts,
     encode_views,
     mean_cosine,
-    rank_batch_norms,
 )
 
 
@@ -141,12 +141,12 @@ class MoCoV3(Method):
         self.predictor = mlp(cfg.projector.out_dim, cfg.predictor)
         for head in (self.projector, self.predictor):
             head.apply(bert_init)
-        self.projector = rank_batch_norms(self.projector, self.name)
-        self.predictor = rank_batch_norms(self.predictor, self.name)
+        self.projector = global_batch_norm(self.projector)
+        self.predictor = global_batch_norm(self.predictor)
         if cfg.freeze_local:
             self.encoder.local.requires_grad_(False)
         # the momentum encoder: an EMA of the whole encoder and of the projector (made after the batch norms
-        # are synchronised, so its copies are too)
+        # take the global batch's statistics, so its copies do too)
         self.init_teacher(PARTS, (), cfg.ema, run_steps, heads=["projector"])
 
     def forward(self, views: list[dict[str, torch.Tensor]], global_views: int = 2,

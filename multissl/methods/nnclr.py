@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from multissl.core.adapter import Modality, StudentView
+from multissl.core.batchnorm import global_batch_norm
 from multissl.core.blocks import EncoderConfig
 from multissl.core.distributed import all_gather_rows, all_gather_with_grad
 from multissl.core.heads import MLPConfig, mlp
@@ -44,7 +45,6 @@ from multissl.methods.siamese import (
     encode_views,
     finite,
     mean_cosine,
-    rank_batch_norms,
 )
 
 
@@ -122,8 +122,8 @@ class NNCLR(Method):
         self.predictor = mlp(cfg.projector.out_dim, cfg.predictor)
         for head in (self.projector, self.predictor):
             head.apply(bert_init)
-        self.projector = rank_batch_norms(self.projector, self.name)
-        self.predictor = rank_batch_norms(self.predictor, self.name)
+        self.projector = global_batch_norm(self.projector)
+        self.predictor = global_batch_norm(self.predictor)
         self.register_buffer("queue", torch.zeros(cfg.queue_length, cfg.projector.out_dim))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_rows", torch.zeros((), dtype=torch.long))

@@ -140,8 +140,7 @@ class PIRL(Method):
         super().__init__(modality, encoder, cfg, run_steps)
         grid = modality.patch_grid()
         if grid is None:
-            raise ValueError(f"method pirl cuts image views into jigsaw tiles: modality {modality.name!r} has no "
-                             "patch grid")
+            raise ValueError("method pirl cuts image views into jigsaw tiles: this modality has no patch grid")
         if cfg.tile_size % grid.patch:
             raise ValueError(f"method.tile_size ({cfg.tile_size}) must be a multiple of the patch ({grid.patch} px)")
         self.grid: PatchGrid = grid

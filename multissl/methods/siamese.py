@@ -1,13 +1,13 @@
 """What the view-comparing objectives of the self-supervised family share (Barlow Twins, VICReg, SimSiam,
 MoCo v3, SwAV, NNCLR, DeepCluster v2, PIRL): checks of the recipe's view counts, the pooled encoder
-output of each view (views of one shape in one encoder call), their heads' batch norms under data
-parallelism, a counter of training batches for the schedules of objectives without a teacher, and the
-metrics they log. Nothing here knows the modality or the objective."""
+output of each view (views of one shape in one encoder call), a counter of training batches for the
+schedules of objectives without a teacher, and the metrics they log. Their heads' batch norms are
+:func:`multissl.core.batchnorm.global_batch_norm`'s (the global batch's statistics, on CPU ranks too).
+Nothing here knows the modality or the objective."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -15,10 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multissl.core.distributed import all_sum, world_size
+from multissl.core.distributed import all_sum
 from multissl.core.heads import pool
-
-log = logging.getLogger(__name__)
 
 Inputs = dict[str, torch.Tensor]
 Pool = Literal["cls", "mean"]
@@ -80,20 +78,6 @@ def encode_views(encoder: nn.Module, views: list[Inputs], how: Pool) -> list[tor
         for i, chunk in zip(idx, pool(x, pad, encoder.num_extra, how).chunk(len(idx)), strict=True):
             out[i] = chunk
     return out
-
-
-def rank_batch_norms(module: nn.Module, method: str) -> nn.Module:
-    """``module`` with its batch norms synchronised over the ranks under data parallelism on CUDA
-    (``SyncBatchNorm``: the statistics of the global batch, as the papers' multi-GPU runs use).
-    PyTorch's ``SyncBatchNorm`` runs on accelerators only, so on several CPU ranks (gloo) each rank
-    normalises over its own rows, and a warning says so. One rank: unchanged."""
-    if world_size() == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
-        return module
-    if torch.cuda.is_available():  # the Trainer runs on CUDA when there is one
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    log.warning("method %s: the heads' batch norms use each rank's own rows (PyTorch's SyncBatchNorm needs CUDA), "
-                "so %d CPU ranks do not follow one rank with the same global batch", method, world_size())
-    return module
 
 
 @contextlib.contextmanager

@@ -8,8 +8,8 @@ encoder, no negatives: the stop-gradient is what keeps the outputs from collapsi
 The heads are the paper's (section 3): a projector of three Linear layers of 2048 with batch norm
 after each (the last one without affine parameters) and ReLU after the first two, and a bottleneck
 predictor (Linear 512, batch norm, ReLU, Linear 2048). Each view goes through the heads on its own,
-as in the paper's code. Under data parallelism the loss is the global batch's mean, and on CUDA the
-heads' batch norms are synchronised; the heads are dropped at export.
+as in the paper's code. Under data parallelism the loss is the global batch's mean, and the
+heads' batch norms take the global batch's statistics; the heads are dropped at export.
 
 >>> model = SimSiam(vision_adapter, EncoderConfig(), SimSiamConfig())  # doctest: +SKIP
 >>> model(**view_collator(examples))["loss"]  # doctest: +SKIP
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from multissl.core.adapter import Modality, StudentView
+from multissl.core.batchnorm import global_batch_norm
 from multissl.core.blocks import EncoderConfig
 from multissl.core.distributed import global_mean
 from multissl.core.heads import MLPConfig, mlp
@@ -36,7 +37,6 @@ from multissl.methods.siamese import (
     check_view_counts,
     encode_views,
     mean_cosine,
-    rank_batch_norms,
 )
 
 
@@ -103,8 +103,8 @@ class SimSiam(Method):
         self.predictor = mlp(cfg.projector.out_dim, cfg.predictor)
         for head in (self.projector, self.predictor):
             head.apply(bert_init)
-        self.projector = rank_batch_norms(self.projector, self.name)
-        self.predictor = rank_batch_norms(self.predictor, self.name)
+        self.projector = global_batch_norm(self.projector)
+        self.predictor = global_batch_norm(self.predictor)
 
     def forward(self, views: list[dict[str, torch.Tensor]], global_views: int = 2,
                 **_: object) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multissl.core.adapter import Modality, StudentView
+from multissl.core.batchnorm import global_batch_norm
 from multissl.core.blocks import EncoderConfig
 from multissl.core.distributed import all_gather_rows, global_mean, rank, world_size
 from multissl.core.heads import MLPConfig, mlp
@@ -47,7 +48,6 @@ from multissl.methods.siamese import (
     encode_views,
     finite,
     global_average,
-    rank_batch_norms,
 )
 
 CODED_VIEWS = 2
@@ -139,7 +139,7 @@ class SwAV(Method):
         super().__init__(modality, encoder, cfg, run_steps)
         self.projector = mlp(encoder.dim, cfg.projector)
         self.projector.apply(bert_init)
-        self.projector = rank_batch_norms(self.projector, self.name)
+        self.projector = global_batch_norm(self.projector)
         self.prototypes = nn.Linear(cfg.projector.out_dim, cfg.prototypes, bias=False)
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
         # the queue: the global views' normalised embeddings of earlier global batches, first in first out

@@ -9,7 +9,7 @@ collapsing.
 The expander is the paper's: three Linear layers of 8192 (batch norm and ReLU after the first two).
 Each view goes through it on its own, as in the paper's code. Under data parallelism the variance
 and covariance run over every rank's embeddings (gathered with gradient, as the paper's code does)
-and on CUDA the expander's batch norms are synchronised; the expander is dropped at export.
+and the expander's batch norms take the global batch's statistics; it is dropped at export.
 
 >>> model = VICReg(vision_adapter, EncoderConfig(), VICRegConfig())  # doctest: +SKIP
 >>> model(**view_collator(examples))["loss"]  # doctest: +SKIP
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from multissl.core.adapter import Modality, StudentView
+from multissl.core.batchnorm import global_batch_norm
 from multissl.core.blocks import EncoderConfig
 from multissl.core.heads import MLPConfig, mlp
 from multissl.core.health import compute_var, effective_rank
@@ -35,7 +36,6 @@ from multissl.methods.siamese import (
     check_view_counts,
     encode_views,
     mean_cosine,
-    rank_batch_norms,
 )
 
 
@@ -101,7 +101,7 @@ class VICReg(Method):
         super().__init__(modality, encoder, cfg, run_steps)
         self.projector = mlp(encoder.dim, cfg.projector)
         self.projector.apply(bert_init)
-        self.projector = rank_batch_norms(self.projector, self.name)
+        self.projector = global_batch_norm(self.projector)
 
     def forward(self, views: list[dict[str, torch.Tensor]], global_views: int = 2,
                 **_: object) -> dict[str, torch.Tensor]:
