@@ -1,36 +1,20 @@
-"""``multissl pretrain`` in a child process (a rank of a torchrun job, or alone) for the family's rank and
-kill tests: ``tests/run_driver.py``'s weight dump (``DUMP``: each rank writes its weights and buffers to
-``$DUMP/rank{r}.pt`` at the end), plus ``STEP_SLEEP``: that many seconds of pause after each update, so
-that a test can kill the run between two updates."""
+"""Several ``multissl pretrain`` runs one after another in one child process (a rank of a torchrun job,
+or alone), so that the family's rank tests pay the start-up of torch and transformers once rather than
+once per objective. The argument is a JSON file: a list of ``{"recipe": PATH, "args": [...], "dump": DIR}``;
+each run's ranks write their weights and buffers to ``DIR/rank{r}.pt`` at the end (``tests/run_driver.py``'s
+dump)."""
 
+import json
 import logging
 import os
 import sys
-import time
-
-from transformers import TrainerCallback
 
 from multissl.recipe import load_recipe
 from multissl.train import pretrain
 from tests.run_driver import DumpWeights
 
-
-class Pause(TrainerCallback):
-    """Sleeps after each update."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def on_step_end(self, args, state, control, **kwargs):
-        time.sleep(self.seconds)
-
-
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    recipe, *overrides = sys.argv[1:]
-    resume = "--resume" in overrides
-    overrides = [o for o in overrides if o != "--resume"]
-    callbacks = [DumpWeights()] if os.environ.get("DUMP") else []
-    if os.environ.get("STEP_SLEEP"):
-        callbacks.append(Pause(float(os.environ["STEP_SLEEP"])))
-    pretrain(load_recipe(recipe, overrides), resume=resume, callbacks=callbacks)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for run in json.loads(open(sys.argv[1]).read()):
+        os.environ["DUMP"] = run["dump"]
+        pretrain(load_recipe(run["recipe"], run["args"]), callbacks=[DumpWeights()])
