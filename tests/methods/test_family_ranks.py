@@ -127,23 +127,32 @@ def test_state_is_one_on_every_rank_and_follows_one_process(method, two_ranks, t
         assert int(r0["memory_rows"]) > 8 and int(r0["batches_seen"]) == 8
 
 
-@pytest.mark.parametrize("method", list(SETTINGS))
-def test_state_survives_kill_9_and_resume_exactly(method, two_ranks, tmp_path, few_images):
-    part, killed_dump, resumed_dump = tmp_path / "part", tmp_path / "killed", tmp_path / "resumed"
-    killed_dump.mkdir()
-    resumed_dump.mkdir()
-    driver = [str(ROOT / "tests" / "run_driver.py"), str(recipe_of(method)), *args_of(method, few_images),
-              "--batch_size", "4", "--output_dir", str(part)]
-    killed = start(2, driver, DUMP=str(killed_dump), STEP_SLEEP="1")
-    deadline = time.time() + 300
-    while not (part / "checkpoint-4").is_dir() and killed.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(killed.pid, signal.SIGKILL)  # every rank, between two updates after the checkpoint
-    killed.wait()
-    assert (part / "checkpoint-4").is_dir() and not (part / "model.safetensors").exists()
-    assert not any(killed_dump.iterdir())  # it never reached the end
-    finish(start(2, [*driver, "--resume"], DUMP=str(resumed_dump)))
-    full = torch.load(two_ranks / f"{method}-dump" / "rank0.pt")
-    for r in (0, 1):
-        resumed = torch.load(resumed_dump / f"rank{r}.pt")
-        assert differ(resumed, full) <= 1e-6, r  # the state and the weights of the uninterrupted run
+def test_state_survives_kill_9_and_resume_exactly(two_ranks, tmp_path, few_images):
+    """Each objective's 2-rank run killed (SIGKILL to every rank) after its checkpoint of update 4; then one
+    torchrun job resumes them all."""
+    resumed = []
+    for method in SETTINGS:
+        part, dump = tmp_path / method, tmp_path / f"{method}-dump"
+        dump.mkdir()
+        args = [*args_of(method, few_images), "--batch_size", "4", "--output_dir", str(part)]
+        killed = start(2, [str(ROOT / "tests" / "run_driver.py"), str(recipe_of(method)), *args], DUMP=str(dump),
+                       STEP_SLEEP="0.5")
+        deadline = time.time() + 300
+        while not (part / "checkpoint-4").is_dir() and killed.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.killpg(killed.pid, signal.SIGKILL)  # every rank, between two updates after the checkpoint
+        killed.wait()
+        assert (part / "checkpoint-4").is_dir() and not (part / "model.safetensors").exists(), method
+        assert not any(dump.iterdir()), method  # it never reached the end
+        saved = load_file(str(part / "checkpoint-4" / "model.safetensors"))  # the state is in the checkpoint
+        assert differ(saved, load_file(str(two_ranks / method / "checkpoint-4" / "model.safetensors")),
+                      STATE[method]) == 0, method
+        resumed.append({"recipe": str(recipe_of(method)), "args": args, "dump": str(dump), "resume": True})
+    (tmp_path / "runs.json").write_text(json.dumps(resumed))
+    finish(start(2, [str(ROOT / "tests" / "methods" / "family_driver.py"), str(tmp_path / "runs.json")]))
+    for method in SETTINGS:
+        assert [r["step"] for r in rows(tmp_path / method)] == list(range(1, 9)), method  # each update logged once
+        full = torch.load(two_ranks / f"{method}-dump" / "rank0.pt")
+        for r in (0, 1):
+            after = torch.load(tmp_path / f"{method}-dump" / f"rank{r}.pt")
+            assert differ(after, full) <= 1e-6, (method, r)  # the state and the weights of the uninterrupted run
