@@ -524,3 +524,11 @@ def test_tiny_speech_recipe_trains_on_real_speech_and_exports_data2vec_audio(met
     assert rows and all(math.isfinite(r["loss"]) for r in rows)
     out = export(run, tmp_path / "export")
     assert type(AutoModel.from_pretrained(out)).__name__ == "Data2VecAudioModel"
+
+
+@pytest.mark.parametrize("method", FAMILY)
+def test_base_recipe_loads_with_its_papers_values(method):
+    recipe = ROOT / "recipes" / "vision" / f"{method}-base.yaml"
+    assert re.match(r"# [^\n]+? with a ViT-B/16 encoder at 224 px|# MoCo v3 ViT-B/16", recipe.read_text())
+    loaded = load_recipe(recipe, ["--data", "x", "--output_dir", "y"])
+    assert loaded.method.name == method and loaded.encoder.dim == 768 and loaded.adapter_config().image_size == 224
