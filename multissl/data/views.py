@@ -61,10 +61,21 @@ class ViewMaker(ABC):
                 + [f"local {i + 1}" for i in range(self.local_views)])
 
 
+def example_id(seed: tuple[int, ...]) -> int:
+    """A number that names an example in every pass, from its seed: its index in a map-style dataset
+    (seed ``(seed, pass, index)``); for a streamed one (``(seed, pass, part, row)``) ``part * 2**40 + row``
+    (the row itself when one reader streams). Memory banks of past embeddings (PIRL, DeepCluster) key on it.
+
+    >>> example_id((0, 3, 17)), example_id((0, 1, 2, 5)) == 2 * 2**40 + 5
+    (17, True)
+    """
+    return int(seed[-1]) + (int(seed[2]) << 40 if len(seed) > 3 else 0)
+
+
 class ViewCollator:
-    """Batches the views of each example: ``{"views": [inputs of view 0, view 1, ...], "global_views": G}``
-    (the first G views are global) and, with a ``mask`` config, ``"view_masks"``: one (B, T) bool tensor
-    per global view, True where masked.
+    """Batches the views of each example: ``{"views": [inputs of view 0, view 1, ...], "global_views": G,
+    "example_ids": (B,) long}`` (the first G views are global; :func:`example_id` of each example) and, with
+    a ``mask`` config, ``"view_masks"``: one (B, T) bool tensor per global view, True where masked.
 
     >>> class Noise(ViewMaker):
     ...     global_views = 2
@@ -84,7 +95,8 @@ class ViewCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         views = self.maker(examples, [example_rng((*e["seed"], VIEW_STREAM)) for e in examples])
-        batch: dict[str, Any] = {"views": views, "global_views": self.maker.global_views}
+        batch: dict[str, Any] = {"views": views, "global_views": self.maker.global_views,
+                                 "example_ids": torch.tensor([example_id(e["seed"]) for e in examples])}
         if "label" in examples[0]:  # the example's label id (data.label_column), for objectives that take labels
             batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
         if self.mask is not None:
