@@ -117,12 +117,12 @@ def wav2vec2(recipe, dataset, extractor, out: Path, seed: int, budget: float) ->
     """At a small batch the paper's diversity weight (0.1) collapses the codebook; 0.3 stays stable."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
-    enc, a = recipe.encoder, recipe.adapter
+    enc, a = recipe.encoder, recipe.adapter_config()  # typed: the recipe's keys over the defaults
     torch.manual_seed(seed)
     model = Wav2Vec2ForPreTraining(Wav2Vec2Config(
         hidden_size=enc.dim, num_hidden_layers=enc.depth, num_attention_heads=enc.heads,
-        intermediate_size=enc.ffn_dim, conv_dim=tuple(a["conv_dim"]), conv_kernel=tuple(a["conv_kernel"]),
-        conv_stride=tuple(a["conv_stride"]), feat_extract_norm="layer", conv_bias=False,
+        intermediate_size=enc.ffn_dim, conv_dim=tuple(a.conv_dim), conv_kernel=tuple(a.conv_kernel),
+        conv_stride=tuple(a.conv_stride), feat_extract_norm="layer", conv_bias=False,
         do_stable_layer_norm=False, hidden_dropout=enc.dropout, attention_dropout=enc.attention_dropout,
         activation_dropout=enc.activation_dropout, feat_proj_dropout=0.0, layerdrop=0.0, diversity_loss_weight=0.3,
         mask_time_prob=0.65, mask_time_length=10, layer_norm_eps=enc.eps))
