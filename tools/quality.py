@@ -151,8 +151,8 @@ def summary(rows: list[dict]) -> str:
         ratios = [r["linear_gain"] / r["linear_gain_se"] for r in rs if r.get("linear_gain_se")]
         share = [r["teacher_init_share"] for r in rs if r.get("teacher_init_share") is not None]
         pos = [r["target_pos_share"] for r in rs if r.get("target_pos_share") is not None]
-        lines.append(f"| {method} | {len(rs)} | {cell([r['steps'] for r in rs])[:-8]} | "
-                     f"{cell([r['seconds'] for r in rs])[:-8]} | {cell([r['linear'] for r in rs])} | "
+        steps, seconds = (sum(r[k] for r in rs) / len(rs) for k in ("steps", "seconds"))
+        lines.append(f"| {method} | {len(rs)} | {steps:.0f} | {seconds:.0f} | {cell([r['linear'] for r in rs])} | "
                      f"{cell([r['random_linear'] for r in rs])} | {cell([r['linear_gain'] for r in rs])} "
                      f"({min(ratios) if ratios else 0:.1f}) | {cell([r['knn'] for r in rs])} | "
                      f"{cell([r['knn_gain'] for r in rs])} | "
