@@ -91,3 +91,19 @@ def test_tiny_run_exports_a_fill_mask_model(tmp_path, kjv_file, tokenizer_dir):
     encoder = AutoModel.from_pretrained(out)
     assert type(encoder).__name__ == "Data2VecTextModel"
     assert "pipeline_tag: fill-mask" in (out / "README.md").read_text()
+
+
+def test_fill_mask_benchmark_hides_one_word_per_verse(kjv_file, kjv_rows, tokenizer_dir):
+    """tools/fill_mask.py's cloze items: one mask per held-back verse, in place of a one-token word,
+    trimmed to the model's length; the unigram guess is KJV's most frequent words."""
+    from tools.fill_mask import cloze_items
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    verses = [r["text"] for r in kjv_rows[1::50][:60]]
+    items, unigram = cloze_items(tok, verses, kjv_file, max_tokens=24)
+    assert len(items) > 50 and unigram[:2] == ["the", "and"] and len(unigram) == 5
+    assert any(len(tok(v)["input_ids"]) > 24 for v in verses)  # some verses had to be trimmed
+    for (text, word), verse in zip(items, verses, strict=True):  # an item per verse
+        assert text.count(tok.mask_token) == 1 and len(tok(text)["input_ids"]) <= 24
+        assert text.replace(tok.mask_token, word) in verse
+        assert len(tok(" " + word, add_special_tokens=False)["input_ids"]) == 1
