@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import random
 import sys
 from collections import Counter
@@ -66,15 +65,13 @@ def cloze_items(tokenizer, verses: list[str], train: Path, max_tokens: int
     return items, unigram
 
 
-def mean_se(hits: list[float]) -> tuple[float, float]:
-    m = sum(hits) / len(hits)
-    return m, math.sqrt(sum((h - m) ** 2 for h in hits) / (len(hits) - 1) / len(hits))
-
-
 def evaluate(model_dir: Path, verses: list[str], train: Path) -> dict:
     """Top-1 / top-5 accuracy of the export's fills and of the unigram guess, with standard errors, and
     the paired gain (its SE from the per-verse differences)."""
+    import numpy as np
     from transformers import pipeline
+
+    from multissl.classifiers import accuracy_se, paired_gain
 
     fill = pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), top_k=5,
                     model_kwargs={"attn_implementation": "eager"})  # eager: the attention maps are returned
@@ -83,11 +80,11 @@ def evaluate(model_dir: Path, verses: list[str], train: Path) -> dict:
     answers = [[g["token_str"].strip() for g in fill(text)] for text, _ in items]
     row: dict = {"items": len(items), "unigram": unigram}
     for k in (1, 5):
-        ours = [float(word in a[:k]) for (_, word), a in zip(items, answers, strict=True)]
-        base = [float(word in unigram[:k]) for _, word in items]
-        row[f"top{k}"], row[f"top{k}_se"] = mean_se(ours)
-        row[f"unigram_top{k}"], row[f"unigram_top{k}_se"] = mean_se(base)
-        row[f"top{k}_gain"], row[f"top{k}_gain_se"] = mean_se([o - b for o, b in zip(ours, base, strict=True)])
+        ours = np.array([word in a[:k] for (_, word), a in zip(items, answers, strict=True)], float)
+        base = np.array([word in unigram[:k] for _, word in items], float)
+        row[f"top{k}"], row[f"top{k}_se"] = accuracy_se(ours)
+        row[f"unigram_top{k}"], row[f"unigram_top{k}_se"] = accuracy_se(base)
+        row[f"top{k}_gain"], row[f"top{k}_gain_se"] = paired_gain(ours, base)
     row["examples"] = [(text, word, a) for (text, word), a in zip(items[:EXAMPLES], answers[:EXAMPLES], strict=True)]
     row |= attention(fill.model.base_model, fill.tokenizer, verses[:64])
     return row
