@@ -384,7 +384,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"multissl: error: {msg}", file=sys.stderr)
             return 2
         raise
+    finally:
+        _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """Destroy the process group a torchrun job's Trainer set up, before the interpreter exits: left
+    to the interpreter's shutdown, its communication threads can abort the process after the run
+    has finished ("terminate called without an active exception"). Torch-free commands skip it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _stop_errors() -> tuple[type[Exception], ...]:

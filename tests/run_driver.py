@@ -141,4 +141,8 @@ if __name__ == "__main__":
     if os.environ.get("POISON"):
         rank, update = map(int, os.environ["POISON"].split(":"))
         callbacks.append(Poison({update}, rank))
-    pretrain(load_recipe(recipe, overrides), resume=resume, callbacks=callbacks)
+    try:
+        pretrain(load_recipe(recipe, overrides), resume=resume, callbacks=callbacks)
+    finally:
+        if torch.distributed.is_initialized():  # as multissl's command line does at its end
+            torch.distributed.destroy_process_group()
