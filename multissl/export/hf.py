@@ -58,7 +58,8 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str | None = None, a
            overwrite: bool = False, atol: float = 1e-4) -> Path:
     """Write the encoder of ``run_dir`` to ``out_dir`` as an HF model folder, with its preprocessor
     and a model card. ``which``: ``"student"`` or ``"teacher"``; None takes the one the objective's
-    paper evaluates (``Method.evaluated_encoder``: the student for most, I-JEPA's target encoder).
+    paper evaluates (``Method.evaluated_encoder``: the student for most, I-JEPA's target encoder) unless
+    the method's config says otherwise (``Method.exported_encoder``).
 
     >>> export("runs/t1", "out/t1")  # doctest: +SKIP
     >>> AutoModel.from_pretrained("out/t1")  # doctest: +SKIP
@@ -72,7 +73,7 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str | None = None, a
     if which not in (None, "student", "teacher"):
         raise ValueError(f"--which must be student or teacher, got {which!r}")
     recipe, modality, model = load_run_model(run_dir)
-    which = which or type(model).evaluated_encoder
+    which = which or model.exported_encoder()
     encoder = (model.encoder if which == "student" else model.teacher_encoder()).eval()
     task = model.hf_task() if which == "student" else None  # the teacher has no head of its own
     hf_cfg = modality.hf_config(recipe.encoder, arch)

@@ -35,6 +35,11 @@ class Method(TeacherStudent):
     """The encoder the objective's paper evaluates, and ``multissl export`` writes unless told
     otherwise: ``"student"`` or ``"teacher"`` (the EMA copy)."""
 
+    def exported_encoder(self) -> str:
+        """What ``multissl export`` writes unless told otherwise: ``evaluated_encoder``, unless the
+        method's config chooses (I-JEPA's ``export``)."""
+        return self.evaluated_encoder
+
     def __init__(self, modality: Modality, encoder: EncoderConfig, cfg: Any, run_steps: int = 0):
         super().__init__()
         self.cfg, self.run_steps = cfg, run_steps

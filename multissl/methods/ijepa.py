@@ -14,11 +14,13 @@ target encoder's representations of several target blocks of the same image. No 
   positions of their patches, and a learned mask token with the positions of the block's patches,
   through a few pre-LN blocks, projected back to the encoder's width at the mask tokens.
 - The loss (:func:`~multissl.core.losses.ijepa.ijepa_loss`) is between the predictions and the
-  target encoder's layer-normalised outputs at the real target patches of every block.
+  target encoder's layer-normalised outputs at the real target patches of every block
+  (``target_norm: instance`` first normalises them per feature over each image's patches).
 
 The method needs of its modality a patch grid (``patch_grid()``); it never asks which modality it runs
 on. Both encoders export as the modality's class (``ViTModel``); the paper evaluates the target
-encoder, mean-pooled: what ``multissl export RUN OUT`` writes for this objective by default.
+encoder, mean-pooled: what ``multissl export RUN OUT`` writes for this objective by default, unless
+``export: student`` chooses the context encoder.
 
 >>> model = IJEPA(vision_adapter, EncoderConfig(), IJEPAConfig())  # doctest: +SKIP
 >>> model(**collator(examples))["loss"]  # doctest: +SKIP
@@ -42,6 +44,7 @@ from multissl.core.health import compute_var, effective_rank
 from multissl.core.init import BERT_STD, bert_init
 from multissl.core.losses.ijepa import ijepa_loss
 from multissl.core.positions import sincos_2d
+from multissl.core.targets import instance_norm
 from multissl.methods.base import Method
 
 
@@ -104,9 +107,22 @@ class IJEPAConfig:
     ema: EMAConfig = field(default_factory=_ijepa_ema)
     """Target-encoder momentum: 0.996 rising linearly to 1.0 over the whole run (the paper's)."""
 
+    target_norm: Literal["layer", "instance"] = "layer"
+    """layer: the target encoder's outputs layer-normalised per patch (the paper's); instance: first
+    normalised per feature over each image's patches (data2vec 2.0's targets), then layer-normalised, so
+    that what every patch of an image shares cannot be predicted without looking at the context."""
+
+    export: Literal["teacher", "student"] = "teacher"
+    """The encoder ``multissl export`` writes by default: teacher, the target encoder (the one the paper
+    evaluates), or student, the context encoder (``--which`` chooses for one export)."""
+
     def validate(self, where: str = "method") -> None:
         if self.loss not in ("smooth_l1", "l2"):
             raise ValueError(f"{where}.loss must be smooth_l1 or l2, got {self.loss!r}")
+        if self.target_norm not in ("layer", "instance"):
+            raise ValueError(f"{where}.target_norm must be layer or instance, got {self.target_norm!r}")
+        if self.export not in ("teacher", "student"):
+            raise ValueError(f"{where}.export must be teacher or student, got {self.export!r}")
         self.predictor.validate(f"{where}.predictor")
         self.ema.validate(f"{where}.ema")
 
@@ -209,9 +225,10 @@ class IJEPA(Method):
     def predict(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor, target_masks: torch.Tensor
                 ) -> dict[str, torch.Tensor]:
         """Every piece of the loss: ``pred`` and ``target`` (P, D), the predictions and the target
-        encoder's outputs (not yet normalised) at the P real target patches of every block, in the
-        order (image, block, patch in grid order); ``context`` (B, K, D) and ``context_pad``, the
-        context encoder's output; ``teacher`` (B, L, D) and ``teacher_pad``, the target encoder's."""
+        encoder's outputs (instance-normalised if ``target_norm`` says so, not yet layer-normalised) at
+        the P real target patches of every block, in the order (image, block, patch in grid order);
+        ``context`` (B, K, D) and ``context_pad``, the context encoder's output; ``teacher`` (B, L, D)
+        and ``teacher_pad``, the target encoder's (before any normalisation)."""
         e, m = self.encoder.num_extra, target_masks.shape[1]
         teacher, teacher_pad = self.teacher_encode(inputs)
         teacher, teacher_pad = teacher[:, e:], teacher_pad[:, e:]
@@ -225,7 +242,8 @@ class IJEPA(Method):
 
         pred = self.predictor(per_block(context), per_block(context_pad), per_block(context_at), target_at,
                               target_pad)
-        target = per_block(teacher).gather(1, target_at[..., None].expand(-1, -1, teacher.shape[-1]))
+        regressed = instance_norm(teacher, teacher_pad) if self.cfg.target_norm == "instance" else teacher
+        target = per_block(regressed).gather(1, target_at[..., None].expand(-1, -1, teacher.shape[-1]))
         real = ~target_pad
         return {"pred": pred[real], "target": target[real], "context": context, "context_pad": context_pad,
                 "teacher": teacher, "teacher_pad": teacher_pad}
@@ -243,6 +261,9 @@ class IJEPA(Method):
                 "student_rank": effective_rank(mean_over(out["context"], out["context_pad"])),
                 "teacher_rank": effective_rank(mean_over(out["teacher"], out["teacher_pad"]))}
 
+    def exported_encoder(self) -> str:
+        return self.cfg.export
+
     @classmethod
     def card_tags(cls, cfg: IJEPAConfig) -> list[str]:
         return ["ijepa", "jepa"]
@@ -254,8 +275,11 @@ class IJEPA(Method):
     @classmethod
     def card_objective(cls, cfg: IJEPAConfig, mask: Any) -> str:
         p = cfg.predictor
+        norm = ("targets normalised per feature over each image's patches, then per patch"
+                if cfg.target_norm == "instance" else "targets normalised per patch")
+        which = "target encoder" if cfg.export == "teacher" else "context encoder"
         return (f"I-JEPA: a context block (scale {mask.context_scale[0]}-{mask.context_scale[1]}) predicts, through "
                 f"a {p.depth}-block predictor of width {p.dim}, the EMA target encoder's representations of "
                 f"{mask.targets} target blocks (scale {mask.target_scale[0]}-{mask.target_scale[1]}, aspect "
-                f"{mask.target_aspect[0]}-{mask.target_aspect[1]}); the paper evaluates the target encoder, "
-                "mean-pooled (what `multissl export` writes by default)")
+                f"{mask.target_aspect[0]}-{mask.target_aspect[1]}), {norm}; the paper evaluates the target "
+                f"encoder, mean-pooled; `multissl export` writes the {which} by default")

@@ -110,16 +110,19 @@ def test_config_errors_name_the_key():
         load_recipe(RECIPE, ["--mask.kind", "random"])
     with pytest.raises(RecipeError, match="method.predictor.dim"):
         load_recipe(RECIPE, ["--method.predictor.dim", "30"])
+    for key, value in (("target_norm", "batch"), ("export", "both")):
+        with pytest.raises(RecipeError, match=f"method.{key}"):
+            load_recipe(RECIPE, [f"--method.{key}", value])
     with pytest.raises(ValueError, match="min_context"):
         multiblock_mask(MaskConfig(kind="multiblock", min_context=60), (8, 8), np.random.default_rng(0))
 
 
 # --- the model -------------------------------------------------------------------------------------
 
-def _model_and_batch(photos):
+def _model_and_batch(photos, target_norm="layer"):
     cfg = VisionConfig(image_size=32, patch_size=4, mask_embedding=False)
     torch.manual_seed(0)
-    model = IJEPA(Vision(cfg), ENC, IJEPAConfig(predictor=PRED), run_steps=10)
+    model = IJEPA(Vision(cfg), ENC, IJEPAConfig(predictor=PRED, target_norm=target_norm), run_steps=10)
     trained = {n for n, p in model.encoder.named_parameters() if p.requires_grad}  # not the fixed sin-cos table
     with torch.no_grad():  # a target encoder that is not the context encoder, as after training
         for n, p in model.teacher.named_parameters():
@@ -135,11 +138,13 @@ def _smooth_l1_sum(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.where(d < 1.0, 0.5 * d * d, d - 0.5).sum())
 
 
-def test_loss_equals_a_hand_computation(image_dirs):
+@pytest.mark.parametrize("target_norm", ["layer", "instance"])
+def test_loss_equals_a_hand_computation(image_dirs, target_norm):
     """Per image, per target block, without padding: the context encoder on the image's context
     patches alone, the predictor on those and the block's mask tokens; the targets are the target
-    encoder's outputs at the block's patches, layer-normalised; smooth-L1 averaged over every value."""
-    model, batch = _model_and_batch(image_dirs[2])
+    encoder's outputs at the block's patches (instance: first normalised per feature over the image's
+    64 patches), layer-normalised; smooth-L1 averaged over every value."""
+    model, batch = _model_and_batch(image_dirs[2], target_norm)
     with torch.no_grad():
         for w in model.predictor.parameters():  # predictions far from 0, so that the loss depends on them
             w.add_(0.3 * torch.randn_like(w))
@@ -148,6 +153,8 @@ def test_loss_equals_a_hand_computation(image_dirs):
         enc, p = model.encoder, model.predictor
         preds, ys = [], []
         teacher = model.teacher_encoder().eval().encode(batch["inputs"])[0][:, 1:].double().numpy()
+        if target_norm == "instance":
+            teacher = (teacher - teacher.mean(1, keepdims=True)) / np.sqrt(teacher.var(1, keepdims=True) + 1e-5)
         pixels = batch["inputs"]["pixel_values"]
         total, values = 0.0, 0
         for i in range(len(pixels)):
@@ -235,11 +242,13 @@ def test_tiny_run_trains_and_exports_both_encoders(tmp_path, image_dirs):
     assert rows[-1]["ema_decay"] > 0.996
     student = export(run, tmp_path / "student", which="student")  # each export checks its parity
     teacher = export(run, tmp_path / "teacher", which="teacher")
-    default = export(run, tmp_path / "default")  # the encoder the paper evaluates: the target encoder
+    default = export(run, tmp_path / "default")  # the recipe's method.export: the context encoder
     a, b, c = (AutoModel.from_pretrained(x) for x in (student, teacher, default))
     assert type(a).__name__ == type(b).__name__ == "ViTModel"
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("layers."))  # two encoders, not one
-    assert all(torch.equal(sb[k], sc[k]) for k in sb if not k.startswith("pooler."))  # the pooler is untrained
+    assert all(torch.equal(sa[k], sc[k]) for k in sa if not k.startswith("pooler."))  # the pooler is untrained
     card = (teacher / "README.md").read_text()
-    assert "I-JEPA" in card and "writes by default" in card and "the EMA teacher is" in card
+    assert "I-JEPA" in card and "writes the context encoder by default" in card and "the EMA teacher is" in card
+    # the paper's choice when the config leaves it at its default
+    assert IJEPA(Vision(VisionConfig()), ENC, IJEPAConfig(predictor=PRED)).exported_encoder() == "teacher"
