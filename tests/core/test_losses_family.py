@@ -109,9 +109,10 @@ def test_simsiam_is_negative_cosine_with_a_stop_gradient_on_the_projection():
         simsiam_loss(prediction, projection[:, :3])
 
 
-def test_swav_swapped_prediction_over_multi_crop():
+@pytest.mark.parametrize("v", [2, 4])  # 2 global crops (each predicts the other's codes); 2 global + 2 local
+def test_swav_swapped_prediction_over_multi_crop(v):
     torch.manual_seed(0)
-    v, b, k, tau = 4, 5, 3, 0.1  # 2 global + 2 local crops
+    b, k, tau = 5, 3, 0.1
     scores = torch.randn(v, b, k)
     codes = torch.stack([sinkhorn_knopp(scores[s]) for s in range(2)])
     got = swav_loss(scores, codes, temperature=tau)
@@ -126,7 +127,9 @@ def test_swav_swapped_prediction_over_multi_crop():
     swav_loss(x, codes).backward()
     assert x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="swav: expected scores"):
-        swav_loss(scores, torch.stack([codes[0]] * 4))
+        swav_loss(scores, torch.stack([codes[0]] * (v + 1)))
+    with pytest.raises(ValueError, match="swav: expected scores"):
+        swav_loss(scores[:1], codes[:1])  # one view has no other view to predict
 
 
 def test_swav_codes_balance_the_queue_and_the_batch_together():

@@ -234,13 +234,14 @@ def _swav_scores(model: SwAV, batch: dict) -> tuple[torch.Tensor, torch.Tensor, 
     return z @ w.t(), z, w
 
 
-def test_swav_swaps_sinkhorn_codes_of_the_global_views_over_every_crop(image_dirs):
+@pytest.mark.parametrize("local_crops", [0, 2])  # 0: the paper's setting without multi-crop
+def test_swav_swaps_sinkhorn_codes_of_the_global_views_over_every_crop(local_crops, image_dirs):
     model = _swav(freeze=1)
     with torch.no_grad():
         model.prototypes.weight.mul_(torch.rand(5, 1) * 3 + 0.5)  # prototypes off the unit sphere
         raw = model.prototypes.weight.clone()
-    batch = _batch(image_dirs, local_crops=2)
-    assert len(batch["views"]) == 4 and batch["global_views"] == 2
+    batch = _batch(image_dirs, local_crops=local_crops)
+    assert len(batch["views"]) == 2 + local_crops and batch["global_views"] == 2
     out = model(**batch)
     assert torch.allclose(model.prototypes.weight, F.normalize(raw, dim=-1), atol=1e-6)  # normalised first
     with torch.no_grad():

@@ -45,9 +45,10 @@ def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.
     >>> round(swav_loss(scores, torch.full((2, 2, 4), 0.25)).item(), 4)  # log 4
     1.3863
     """
+    # A == V == 2 is the paper's setting without multi-crop: each global crop predicts the other's codes
     if scores.ndim != 3 or codes.ndim != 3 or codes.shape[1:] != scores.shape[1:] \
-            or not 1 <= codes.shape[0] < scores.shape[0]:
-        raise ValueError(f"swav: expected scores (V, B, K) and codes (A, B, K) with 1 <= A < V, got "
+            or not 1 <= codes.shape[0] <= scores.shape[0] or scores.shape[0] < 2:
+        raise ValueError(f"swav: expected scores (V, B, K) and codes (A, B, K) with 1 <= A <= V and V >= 2, got "
                          f"{tuple(scores.shape)} and {tuple(codes.shape)}")
     if temperature <= 0:
         raise ValueError(f"swav: temperature must be > 0, got {temperature}")
