@@ -7,7 +7,9 @@ a random order, to the jigsaw's representation. Both are pulled towards the imag
 bank of earlier image representations and contrasted, by noise-contrastive estimation, with the entries
 of other images drawn at random from the bank (:func:`multissl.core.losses.pirl.pirl_loss`, eq. 5:
 ``lambda L(m_I, g(v_It)) + (1 - lambda) L(m_I, f(v_I))``); the bank entry then moves towards f(v_I)
-(:func:`multissl.core.losses.pirl.pirl_memory_update`). No teacher.
+(:func:`multissl.core.losses.pirl.pirl_memory_update`). No teacher. As the memory-bank NCE PIRL builds on
+(Wu et al. 2018) and the authors' code, the NCE scores a pair by ``exp(s / tau) / Z`` with the partition
+function Z estimated on the first training batch and then kept (``estimate_partition``).
 
 The jigsaw is made here, from a view's pixels: the modality's patch grid (``patch_grid()``) gives the
 channels and the patch, and a tile is a whole number of patches, so the encoder takes each tile as a
@@ -23,8 +25,9 @@ never the sample's own row.
 Data parallelism and resume: the jigsaw permutations, the tile crops and the negatives of the global
 batch are drawn by a generator seeded with the count of training batches (a buffer), and each rank
 takes its own samples' rows, so N ranks draw what one rank with the global batch draws; the bank is
-updated with the global batch's representations (gathered), so it is the same on every rank. The bank
-and the counters are buffers saved in checkpoints, so resume is exact.
+updated with the global batch's representations (gathered), so it is the same on every rank, and Z is
+averaged over the ranks. The bank, Z and the counters are buffers saved in checkpoints, so resume is
+exact.
 
 >>> model = PIRL(vision_adapter, EncoderConfig(), PIRLConfig(memory_size=2048))  # doctest: +SKIP
 >>> model(**view_collator(examples))["loss"]  # doctest: +SKIP
@@ -45,7 +48,7 @@ from multissl.core.distributed import all_gather_rows, global_mean, rows_before
 from multissl.core.heads import pool
 from multissl.core.health import compute_var, effective_rank
 from multissl.core.init import bert_init
-from multissl.core.losses.pirl import pirl_loss, pirl_memory_update
+from multissl.core.losses.pirl import pirl_loss, pirl_memory_update, pirl_normaliser
 from multissl.methods.base import Method
 from multissl.methods.siamese import (
     check_batch_views,
@@ -53,6 +56,7 @@ from multissl.methods.siamese import (
     count_batch,
     encode_views,
     finite,
+    global_average,
     mean_cosine,
 )
 
@@ -97,6 +101,11 @@ class PIRLConfig:
 
     memory_momentum: float = 0.5
     """A bank entry becomes ``normalize(m * entry + (1 - m) * normalize(f))`` (the paper: 0.5)."""
+
+    estimate_partition: bool = True
+    """Score a pair by ``exp(s / tau) / Z``, Z estimated as ``|D| mean exp(s / tau)`` over the first
+    training batch's pairs and kept (Wu et al. 2018; the authors' code); False: Z = 1, eq. 3 as printed,
+    under which every pair with a positive similarity already counts as a match."""
 
     def validate(self, where: str = "method") -> None:
         if self.pool not in ("cls", "mean"):
@@ -151,6 +160,8 @@ class PIRL(Method):
             head.apply(bert_init)
         self.register_buffer("memory", F.normalize(torch.randn(cfg.memory_size, cfg.dim), dim=1))
         self.register_buffer("memory_rows", torch.zeros((), dtype=torch.long))
+        # Z / |D|, 0 until the first training batch estimates it
+        self.register_buffer("normaliser", torch.zeros(()))
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
     def pixels(self, inputs: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
@@ -229,13 +240,19 @@ class PIRL(Method):
         tx, tpad = self.encoder.encode({key: self.jigsaw(images, order, offsets)})
         tiles = self.tile_head(pool(tx, tpad, self.encoder.num_extra, cfg.pool)).view(b, n * n * cfg.dim)
         g = self.jigsaw_head(tiles)  # the tiles' features in their shuffled order
-        per_sample = pirl_loss(f, g, self.memory[:rows], ids, negative_ids, cfg.temperature, cfg.weight)
+        normaliser = float(self.normaliser)
+        if cfg.estimate_partition and normaliser == 0:
+            estimate = global_average(pirl_normaliser(f, self.memory, ids, negative_ids, cfg.temperature))
+            if self.training and finite(estimate):
+                self.normaliser.fill_(float(estimate))
+            normaliser = float(estimate)
+        per_sample = pirl_loss(f, g, self.memory[:rows], ids, negative_ids, cfg.temperature, cfg.weight, normaliser)
         if self.training:
             self._remember(all_ids, all_gather_rows(f.detach().float()), rows)
         return {"loss": global_mean(per_sample * b, b),
                 "pred_var": compute_var(F.normalize(f.detach().float(), dim=-1)),
                 "student_rank": effective_rank(h), "jigsaw_cos": mean_cosine(f, g),
-                "memory_rows": torch.tensor(float(rows))}
+                "memory_rows": torch.tensor(float(rows)), "normaliser": torch.tensor(normaliser)}
 
     @torch.no_grad()
     def _remember(self, ids: torch.Tensor, features: torch.Tensor, rows: int) -> None:
@@ -255,6 +272,7 @@ class PIRL(Method):
 
     @classmethod
     def card_objective(cls, cfg: PIRLConfig, mask: Any) -> str:
+        partition = ", partition function estimated on the first batch" if cfg.estimate_partition else ""
         return (f"PIRL: an image's and its {cfg.tiles} x {cfg.tiles} jigsaw's representations pulled to the image's "
                 f"memory-bank entry against {cfg.negatives} bank negatives by NCE (temperature {cfg.temperature}, "
-                f"lambda {cfg.weight}); heads not exported; {cfg.pool}-pooled encoder output")
+                f"lambda {cfg.weight}{partition}); heads not exported; {cfg.pool}-pooled encoder output")

@@ -9,7 +9,7 @@ import torch
 from multissl.core.losses.mocov3 import mocov3_loss
 from multissl.core.losses.nnclr import nearest_neighbours, nnclr_loss, nnclr_queue_update
 from multissl.core.losses.ntxent import ntxent_loss
-from multissl.core.losses.pirl import pirl_loss, pirl_memory_update
+from multissl.core.losses.pirl import pirl_loss, pirl_memory_update, pirl_normaliser
 from multissl.core.losses.supcon import supcon_loss
 
 
@@ -151,12 +151,14 @@ def test_nnclr_queue_update_is_first_in_first_out_and_wraps():
         nnclr_queue_update(queue, 0, torch.zeros(6, 2))
 
 
-def naive_pirl(f, g, memory, indices, negatives, tau, lam) -> float:
-    """PIRL eq. 3-5 as written: h(a, b) = exp(s/tau) / (exp(s/tau) + N/|D|), s the cosine similarity."""
+def naive_pirl(f, g, memory, indices, negatives, tau, lam, z: float = 1.0) -> float:
+    """PIRL eq. 3-5 with the model probability exp(s/tau) / Z of Wu et al. 2018 (Z = 1: eq. 3 as written):
+    h(a, b) = P / (P + N/|D|) with P = exp(s/tau) / Z, s the cosine similarity."""
     n_neg, size = len(negatives[0]), len(memory)
 
     def h(a, b):
-        return np.exp(cos(a, b) / tau) / (np.exp(cos(a, b) / tau) + n_neg / size)
+        p = np.exp(cos(a, b) / tau) / z
+        return p / (p + n_neg / size)
 
     def nce(m_i, x, negs):
         return -np.log(h(m_i, x)) - sum(np.log(1 - h(x, memory[j])) for j in negs)
@@ -182,6 +184,24 @@ def test_pirl_matches_the_nce_loss_with_a_memory_bank():
     assert f.grad.abs().sum() > 0 and g.grad.abs().sum() > 0 and memory.grad is None
     with pytest.raises(ValueError, match="pirl: expected indices"):
         pirl_loss(f, g, memory, indices, negatives[0])
+
+
+def test_pirl_with_the_partition_function_estimated_as_wu_et_al():
+    torch.manual_seed(1)
+    f, g, memory = torch.randn(3, 4), torch.randn(3, 4), torch.randn(20, 4)
+    indices, negatives = torch.tensor([2, 7, 11]), torch.randint(0, 20, (3, 6))
+    m, x = memory.double().numpy(), f.double().numpy()
+    # Z = |D| * the mean of exp(s / tau) over every pair the batch scores: own row and negatives
+    pairs = [np.exp(cos(x[b], m[j]) / 0.07) for b in range(3) for j in [indices[b].item(), *negatives[b].tolist()]]
+    normaliser = pirl_normaliser(f, memory, indices, negatives, temperature=0.07)
+    assert float(normaliser) == pytest.approx(np.mean(pairs), rel=1e-5)
+    got = pirl_loss(f, g, memory, indices, negatives, temperature=0.07, weight=0.5, normaliser=float(normaliser))
+    expected = naive_pirl(x, g.double().numpy(), m, indices.tolist(), negatives.tolist(), 0.07, 0.5,
+                          z=len(memory) * np.mean(pairs))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert got.item() != pytest.approx(pirl_loss(f, g, memory, indices, negatives, 0.07, 0.5).item(), rel=1e-2)
+    with pytest.raises(ValueError, match="normaliser >= 0"):
+        pirl_loss(f, g, memory, indices, negatives, normaliser=-1.0)
 
 
 def test_pirl_memory_update_is_a_normalised_moving_average():

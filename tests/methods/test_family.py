@@ -25,7 +25,7 @@ from multissl.core.losses.barlow_twins import barlow_twins_loss
 from multissl.core.losses.deepcluster import deepcluster_loss
 from multissl.core.losses.mocov3 import mocov3_loss
 from multissl.core.losses.nnclr import nnclr_loss
-from multissl.core.losses.pirl import pirl_loss, pirl_memory_update
+from multissl.core.losses.pirl import pirl_loss, pirl_memory_update, pirl_normaliser
 from multissl.core.losses.simsiam import simsiam_loss
 from multissl.core.losses.swav import swav_codes, swav_loss
 from multissl.core.losses.vicreg import vicreg_loss
@@ -423,13 +423,27 @@ def test_pirl_pulls_the_image_and_its_jigsaw_to_the_bank_entry_against_bank_nega
                 features.append(model.tile_head(_pooled(model.encoder, {"pixel_values": tile}, "cls")))
             g.append(model.jigsaw_head(torch.cat(features, dim=1)))
         g = torch.cat(g)
-        by_hand = pirl_loss(f, g, memory[:6], ids, negatives, 0.2, 0.3)
+        # Z / |D| estimated on this first training batch, from the bank before its update, then kept
+        z = float(pirl_normaliser(f, memory, ids, negatives, 0.2))
+        by_hand = pirl_loss(f, g, memory[:6], ids, negatives, 0.2, 0.3, normaliser=z)
         in_order = model.jigsaw_head(torch.cat([model.tile_head(_pooled(model.encoder, {"pixel_values": images[
             :, :, 8 * (k // 2):8 * (k // 2) + 4, 8 * (k % 2):8 * (k % 2) + 4]}, "cls")) for k in range(4)], dim=1))
-    assert _close(out["loss"], by_hand) and not _close(pirl_loss(f, in_order, memory[:6], ids, negatives, 0.2, 0.3),
-                                                       by_hand, 1e-4)
+    assert float(model.normaliser) == pytest.approx(z, rel=1e-5) and z > 0
+    assert _close(out["loss"], by_hand) and not _close(pirl_loss(f, in_order, memory[:6], ids, negatives, 0.2, 0.3,
+                                                                 normaliser=z), by_hand, 1e-4)
+    assert not _close(out["loss"], pirl_loss(f, g, memory[:6], ids, negatives, 0.2, 0.3), 1e-3)  # Z = 1 differs
     assert torch.allclose(model.memory, pirl_memory_update(memory, ids, f, 0.6), atol=1e-5)
     assert int(model.memory_rows) == 6 and int(model.batches_seen) == 1
+    with torch.no_grad():
+        second = model(**_batch(image_dirs))
+    assert float(model.normaliser) == pytest.approx(z, rel=1e-5) and float(second["normaliser"]) == float(
+        model.normaliser)  # estimated once
+
+    printed = _model(PIRL, PIRLConfig(dim=8, tiles=2, tile_size=4, memory_size=32, negatives=5, temperature=0.2,
+                                      weight=0.3, estimate_partition=False))
+    with torch.no_grad():
+        out = printed(**batch)
+    assert float(printed.normaliser) == 0 and _close(out["loss"], pirl_loss(f, g, memory[:6], ids, negatives, 0.2, 0.3))
 
 
 def test_pirl_needs_a_patch_grid_and_ids_inside_the_bank(image_dirs):

@@ -39,7 +39,7 @@ STATE = {"nnclr": ["queue", "queue_pointer", "queue_rows"],
          "deepcluster": ["bank", "bank_ids", "bank_pointer", "centroids", "assigned_ids", "assigned_clusters",
                          "kmeans_runs", "batches_seen"],
          "swav": ["queue", "queue_pointer", "queue_rows", "batches_seen", "prototypes.weight"],
-         "pirl": ["memory", "memory_rows", "batches_seen"]}
+         "pirl": ["memory", "memory_rows", "normaliser", "batches_seen"]}
 # killed and resumed: a queue (NNCLR) and a bank with its k-means (DeepCluster); SwAV's queue and PIRL's memory
 # are persistent buffers saved the same way (their state is compared across ranks above), and each killed
 # 2-rank job costs ~20 s of the suite
@@ -128,7 +128,7 @@ def test_state_is_one_on_every_rank_and_follows_one_process(method, two_ranks, t
         assert [r["assigned"] > 0 for r in two] == [False, False] + [True] * 6 and two[2]["loss"] > 0
         assert two[-2]["assigned"] == two[-1]["assigned"] == 1
     if method == "pirl":
-        assert int(r0["memory_rows"]) > 8 and int(r0["batches_seen"]) == 8
+        assert int(r0["memory_rows"]) > 8 and int(r0["batches_seen"]) == 8 and float(r0["normaliser"]) > 0
 
 
 def test_state_survives_kill_9_and_resume_exactly(two_ranks, tmp_path, few_images):

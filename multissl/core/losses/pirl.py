@@ -10,6 +10,15 @@ is a positive pair, and
 The loss (eq. 5) is ``lambda L_NCE(m_I, g(v_It)) + (1 - lambda) L_NCE(m_I, f(v_I))`` with m_I the
 image's memory-bank entry, f and g the heads on the image and on its transform; lambda 0.5, tau 0.07.
 The memory bank is passed in and returned updated, never kept here.
+
+Eq. 3 as printed scores a pair by the unnormalised ``exp(s / tau)``. The memory-bank NCE PIRL builds on
+(Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance Discrimination", arXiv
+1805.01978, eq. 5-6) and the authors' own implementation score it by the model's probability
+``exp(s / tau) / Z`` with the partition function estimated once, from the first batch, as
+``Z = |D| mean exp(s / tau)``; the noise term then reads ``N Z / |D| = N mean exp(s / tau)``
+(``normaliser`` below, from :func:`pirl_normaliser`). Without it, at tau 0.07 and N / |D| well below 1,
+every pair with a positive similarity counts as a match: the positive term is satisfied at once and the
+negatives' term, which pushes every representation away from every bank entry, is all that trains.
 """
 
 from __future__ import annotations
@@ -39,12 +48,15 @@ def pirl_loss(
     negative_indices: torch.Tensor,
     temperature: float = 0.07,
     weight: float = 0.5,
+    normaliser: float = 0.0,
 ) -> torch.Tensor:
     """The PIRL loss (eq. 5), averaged over the batch: ``image_features`` f(v_I) (B, D) of the images,
     ``transformed_features`` g(v_It) (B, D) of their jigsaw transforms, the memory bank ``memory``
     (|D|, D), the images' rows in it ``indices`` (B,), and the negatives' rows ``negative_indices``
-    (B, N), drawn by the caller uniformly from the other images. ``weight`` is lambda. Memory entries
-    are constants; all vectors are l2-normalised here. Computed in float32; returns a scalar.
+    (B, N), drawn by the caller uniformly from the other images. ``weight`` is lambda. ``normaliser`` is
+    Z / |D|, the partition function over the data set's size (:func:`pirl_normaliser`), so that the noise
+    term is ``N * normaliser``; 0: Z = 1, eq. 3 as printed (noise ``N / |D|``). Memory entries are
+    constants; all vectors are l2-normalised here. Computed in float32; returns a scalar.
 
     >>> memory = torch.eye(3)
     >>> x = torch.tensor([[1.0, 0.0, 0.0]])
@@ -62,16 +74,38 @@ def pirl_loss(
             or negative_indices.shape[0] != image_features.shape[0]:
         raise ValueError(f"pirl: expected indices (B,) and negative indices (B, N), got {tuple(indices.shape)} and "
                          f"{tuple(negative_indices.shape)}")
-    if temperature <= 0 or not 0.0 <= weight <= 1.0:
-        raise ValueError(f"pirl: temperature must be > 0 and weight in [0, 1], got {temperature} and {weight}")
+    if temperature <= 0 or not 0.0 <= weight <= 1.0 or normaliser < 0:
+        raise ValueError(f"pirl: temperature must be > 0, weight in [0, 1] and normaliser >= 0, got {temperature}, "
+                         f"{weight} and {normaliser}")
     bank = F.normalize(memory.detach().float(), dim=-1)
     own, negatives = bank[indices], bank[negative_indices]
-    log_noise = float(torch.tensor(negative_indices.shape[1] / memory.shape[0]).log())
+    noise = negative_indices.shape[1] * (normaliser if normaliser > 0 else 1.0 / memory.shape[0])
+    log_noise = float(torch.tensor(noise).log())
     f = F.normalize(image_features.float(), dim=-1)
     g = F.normalize(transformed_features.float(), dim=-1)
     loss = weight * _nce(own, g, negatives, temperature, log_noise) \
         + (1.0 - weight) * _nce(own, f, negatives, temperature, log_noise)
     return loss.mean()
+
+
+@torch.no_grad()
+def pirl_normaliser(
+    features: torch.Tensor, memory: torch.Tensor, indices: torch.Tensor, negative_indices: torch.Tensor,
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """Z / |D| as Wu et al. 2018 estimate it: ``mean exp(s / tau)`` over the pairs a batch scores, each
+    sample's ``features`` (B, D) against its own bank row and its negatives' rows (B * (1 + N) values). A
+    0-d float32 tensor; under data parallelism average it over the ranks.
+
+    >>> round(float(pirl_normaliser(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([[1], [0]]),
+    ...                             temperature=1.0)), 4)  # (e + 1) / 2
+    1.8591
+    """
+    rows = torch.cat([indices[:, None], negative_indices], dim=1)
+    bank = F.normalize(memory.detach().float(), dim=-1)[rows]  # (B, 1 + N, D)
+    with torch.autocast(device_type=bank.device.type, enabled=False):  # float32 products even under autocast
+        s = torch.einsum("bd,bnd->bn", F.normalize(features.detach().float(), dim=-1), bank)
+    return torch.exp(s / temperature).mean()
 
 
 @torch.no_grad()
