@@ -18,7 +18,7 @@ Eq. 3 as printed scores a pair by the unnormalised ``exp(s / tau)``. The memory-
 ``Z = |D| mean exp(s / tau)``; the noise term then reads ``N Z / |D| = N mean exp(s / tau)``
 (``normaliser`` below, from :func:`pirl_normaliser`). Without it, at tau 0.07 and N / |D| well below 1,
 every pair with a positive similarity counts as a match: the positive term is satisfied at once and the
-negatives' term, which pushes every representation away from every bank entry, is all that trains.
+negatives' term, which pushes every representation away from every bank entry, dominates the gradient.
 """
 
 from __future__ import annotations
