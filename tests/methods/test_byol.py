@@ -188,7 +188,7 @@ def test_tiny_speech_run_exports_data2vec_audio(tmp_path, speech_dir):
     args = [*for_method(TINY_AUDIO, AUDIO), *SMALL_HEADS, "--views.crop_samples", "8000", "--data", str(speech_dir),
             "--max_steps", "4", "--output_dir", str(tmp_path / "run")]
     recipe = load_recipe(AUDIO, args)
-    assert recipe.method.pooling == "mean" and recipe.views_config().mix > 0
+    assert recipe.method.pooling == "mean" and recipe.views_config().crops == 2
     run = pretrain(recipe)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(0 < r["loss"] < 8 and r["target_var"] > 0 for r in rows)
